@@ -1,0 +1,3 @@
+"""granttag core: taxonomy, text analysis, model training, prediction, evaluation and storage."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""Classifying many records: chunked, optionally over several processes, every record accounted for."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from classifier.documents import Document, make_document
+from classifier.errors import InvalidInputError
+from classifier.records import RawRecord
+
+
+@dataclass
+class Outcome:
+    """What happened to one input record: a prediction or an error."""
+
+    id: str
+    where: str
+    prediction: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.prediction is not None:
+            return {**self.prediction, "id": self.id, "status": "ok"}
+        return {"id": self.id, "status": "error", "error": self.error, "where": self.where}
+
+
+def to_documents(records: Iterable[RawRecord]) -> Iterator[tuple[RawRecord, Document | None, str | None]]:
+    """Turn raw records into documents, keeping the reason for each one that fails."""
+    for rec in records:
+        if rec.error or rec.fields is None:
+            yield rec, None, rec.error or f"{rec.where}: unreadable record"
+            continue
+        try:
+            yield rec, make_document(rec.fields, rec.where), None
+        except InvalidInputError as exc:
+            yield rec, None, str(exc)
+
+
+_WORKER_MODEL: Any = None
+_WORKER_OPTS: dict[str, Any] = {}
+
+
+def _predict_chunk(docs: list[Document]) -> list[dict[str, Any]]:
+    return [p.as_dict() for p in _WORKER_MODEL.predict(docs, **_WORKER_OPTS)]
+
+
+def classify_records(
+    model: Any,
+    records: Iterable[RawRecord],
+    *,
+    jobs: int = 1,
+    chunk_size: int = 500,
+    progress: Callable[[int], None] | None = None,
+    **predict_opts: Any,
+) -> Iterator[Outcome]:
+    """Yield one Outcome per input record, in input order.
+
+    Records are classified in chunks; with ``jobs`` > 1 the chunks go to
+    forked worker processes that share the loaded model. ``progress`` is
+    called with the number of records finished after each chunk.
+    """
+    global _WORKER_MODEL, _WORKER_OPTS
+    _WORKER_MODEL, _WORKER_OPTS = model, predict_opts
+
+    def chunks() -> Iterator[list[tuple[RawRecord, Document | None, str | None]]]:
+        buf: list[tuple[RawRecord, Document | None, str | None]] = []
+        for item in to_documents(records):
+            buf.append(item)
+            if len(buf) >= chunk_size:
+                yield buf
+                buf = []
+        if buf:
+            yield buf
+
+    def emit(chunk: list[tuple[RawRecord, Document | None, str | None]], preds: list[dict[str, Any]]) -> Iterator[Outcome]:
+        it = iter(preds)
+        for rec, doc, err in chunk:
+            rid = doc.id if doc is not None else str(rec.raw_id or "")
+            if doc is None:
+                yield Outcome(rid, rec.where, error=err)
+            else:
+                yield Outcome(rid, rec.where, prediction=next(it))
+        if progress:
+            progress(len(chunk))
+
+    jobs = max(1, min(jobs, os.cpu_count() or 1))
+    if jobs == 1 or "fork" not in mp.get_all_start_methods():
+        for chunk in chunks():
+            docs = [d for _, d, _ in chunk if d is not None]
+            yield from emit(chunk, _predict_chunk(docs) if docs else [])
+        return
+    ctx = mp.get_context("fork")
+    with ctx.Pool(jobs) as pool:
+        pending: list[tuple[list[Any], Any]] = []
+        for chunk in chunks():
+            docs = [d for _, d, _ in chunk if d is not None]
+            pending.append((chunk, pool.apply_async(_predict_chunk, (docs,))))
+            # Keep a bounded number of chunks in flight so memory stays flat on big files.
+            while len(pending) > jobs * 2:
+                done_chunk, result = pending.pop(0)
+                yield from emit(done_chunk, result.get())
+        for done_chunk, result in pending:
+            yield from emit(done_chunk, result.get())

@@ -1,0 +1,195 @@
+"""Model versions on disk: joblib files behind a SHA-256 manifest, one version marked active.
+
+A version is a directory ``models/<version>/`` holding ``model.joblib`` and
+``meta.json``, whose ``files`` entry is the manifest: the SHA-256 of every
+file. A model is unpickled only after its checksum matches (issue 2). skops
+was measured first: its JSON schema for the TF-IDF vocabularies made a 60 MB
+file that took seconds to load, too slow for a command-line start-up. It is written under a temporary name and renamed into place;
+the active version's name is in ``models/ACTIVE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import ModelIntegrityError, ModelNotFoundError
+from classifier.resources import models_dir
+
+MODEL_FILE = "model.joblib"
+META_FILE = "meta.json"
+ACTIVE_FILE = "ACTIVE"
+FORMAT = 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import scipy
+    import sklearn
+
+    return {"scikit-learn": sklearn.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__, "python": platform.python_version()}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def save_model(model: Any, meta: dict[str, Any], root: Path | None = None, version: str | None = None) -> str:
+    """Write ``model`` as a new version; return its name. Does not activate it."""
+    import joblib
+
+    root = root or models_dir()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    version = version or f"{stamp}-{meta.get('training_data_sha256', '')[:8] or 'model'}"
+    final = root / version
+    if final.exists():
+        raise ModelIntegrityError(f"model version {version} already exists in {root}")
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        model.version = version
+        joblib.dump(model, tmp / MODEL_FILE, compress=0)
+        full = {
+            "format": FORMAT,
+            "version": version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "libraries": _versions(),
+            **meta,
+            "taxonomy_version": model.taxonomy_version,
+            "files": {MODEL_FILE: _sha256(tmp / MODEL_FILE)},
+        }
+        (tmp / META_FILE).write_text(json.dumps(full, ensure_ascii=False, indent=2), encoding="utf-8")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return version
+
+
+def list_versions(root: Path | None = None) -> list[dict[str, Any]]:
+    """Return the meta of every version, oldest first, with ``active`` set on one."""
+    root = root or models_dir()
+    active = active_version(root)
+    out = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            meta = read_meta(path.name, root)
+        except (ModelNotFoundError, ModelIntegrityError):
+            continue
+        meta["active"] = path.name == active
+        out.append(meta)
+    return out
+
+
+def read_meta(version: str, root: Path | None = None) -> dict[str, Any]:
+    """Return a version's meta.json; raises ModelNotFoundError if there is none."""
+    root = root or models_dir()
+    path = root / version / META_FILE
+    if "/" in version or version.startswith(".") or not path.exists():
+        raise ModelNotFoundError(f"no model version {version!r} in {root} (see `granttag models list`)")
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelIntegrityError(f"{path}: unreadable meta.json ({exc})") from exc
+    return meta
+
+
+def active_version(root: Path | None = None) -> str | None:
+    """Return the active version's name, or None."""
+    root = root or models_dir()
+    path = root / ACTIVE_FILE
+    if not path.exists():
+        return None
+    name = path.read_text(encoding="utf-8").strip()
+    return name or None
+
+
+def activate(version: str, root: Path | None = None) -> None:
+    """Mark ``version`` active (atomically); raises ModelNotFoundError."""
+    root = root or models_dir()
+    read_meta(version, root)
+    _atomic_write(root / ACTIVE_FILE, version + "\n")
+
+
+def load_model(version: str | None = None, root: Path | None = None) -> Any:
+    """Load a version (default: the active one) after checking it.
+
+    Raises ModelNotFoundError if it does not exist, ModelIntegrityError if its
+    checksum does not match, it was built for another taxonomy version or an
+    incompatible scikit-learn.
+    """
+    import joblib
+    import sklearn
+
+    from classifier.taxonomy import load_taxonomy
+
+    root = root or models_dir()
+    version = version or active_version(root)
+    if version is None:
+        raise ModelNotFoundError(f"no active model in {root}; train one (`granttag train`) or run `granttag classify` to build the default")
+    meta = read_meta(version, root)
+    path = root / version / MODEL_FILE
+    expected = (meta.get("files") or {}).get(MODEL_FILE)
+    if not path.exists():
+        raise ModelIntegrityError(f"{path}: the model file is missing")
+    if not expected or _sha256(path) != expected:
+        raise ModelIntegrityError(f"{path}: checksum does not match meta.json; the file was changed or damaged. Retrain or restore it")
+    taxonomy = load_taxonomy()
+    if meta.get("taxonomy_version") != taxonomy.version:
+        raise ModelIntegrityError(
+            f"model {version} was built for taxonomy {meta.get('taxonomy_version')!r}, the installed taxonomy is {taxonomy.version!r}; retrain it"
+        )
+    built = str((meta.get("libraries") or {}).get("scikit-learn", ""))
+    if built.split(".")[:2] != sklearn.__version__.split(".")[:2]:
+        raise ModelIntegrityError(
+            f"model {version} was built with scikit-learn {built}, this is {sklearn.__version__}; retrain it with this version"
+        )
+    model = joblib.load(path)
+    model.version = version
+    return model
+
+
+def ensure_default_model(echo: Any = None, root: Path | None = None) -> str:
+    """Return the active version, building the default model from labels/ if there is none.
+
+    ``echo`` is called with a message when a build starts and ends.
+    """
+    import fcntl
+
+    root = root or models_dir()
+    active = active_version(root)
+    if active is not None:
+        return active
+    from classifier.training import train_default
+
+    say = echo or (lambda msg: None)
+    # Two commands started at once on a fresh install must not both build it.
+    with (root / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        active = active_version(root)
+        if active is not None:
+            return active
+        say(f"No model yet: building the default model from the project's training text into {root} (once, under a minute)...")
+        start = time.monotonic()
+        version = train_default(root=root)
+        activate(version, root)
+        say(f"Built and activated model {version} in {time.monotonic() - start:.0f} s.")
+    return version
