@@ -1,0 +1,1 @@
+"""granttag's faces: the command line (and, later, the HTTP API) around the classifier core."""
