@@ -1,0 +1,180 @@
+"""The granttag command end to end: every file format and encoding, output formats, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from granttag.cli import main
+
+ROWS = [
+    {"id": "p1", "title": "超伝導量子ビットの制御", "abstract": "超伝導量子ビットの高精度制御と量子誤り訂正を実証する。", "keywords": "量子コンピュータ; 量子ビット"},
+    {"id": "p2", "title": "江戸文学の研究", "abstract": "近世の俳諧と出版文化の関係を文献資料から明らかにする。", "keywords": "近世文学"},
+    {"id": "p3", "title": "Coastal flood forecasting", "abstract": "We build a real-time storm surge and flood forecasting system for coastal cities.", "keywords": ""},
+]
+
+
+def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def _models(model_root: Path) -> None:
+    """Every CLI test uses the session's trained model store."""
+
+
+def write_csv(path: Path, rows: list[dict], encoding: str = "utf-8", delimiter: str = ",") -> Path:
+    with path.open("w", encoding=encoding, newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]), delimiter=delimiter)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_help_lists_commands() -> None:
+    res = run("--help")
+    assert res.exit_code == 0
+    for cmd in ("classify", "train", "evaluate", "models"):
+        assert cmd in res.output
+
+
+def test_classify_text_json() -> None:
+    res = run("classify", "--format", "json", "超伝導量子ビットを用いた量子コンピュータの誤り訂正を研究する。")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert set(obj) == {"domains", "pillars", "model_version"}
+    assert obj["domains"][0]["id"] == "quantum"
+    assert {"id", "score", "evidence"} <= set(obj["domains"][0])
+    assert {"term", "start", "end"} <= set(obj["domains"][0]["evidence"][0])
+    scores = [d["score"] for d in obj["pillars"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_classify_stdin() -> None:
+    res = run("classify", "--format", "json", input="Deep reinforcement learning for robot grasping.")
+    assert res.exit_code == 0
+    assert "ai_robotics" in [d["id"] for d in json.loads(res.stdout)["domains"]]
+
+
+def test_classify_empty_text_fails_clearly() -> None:
+    res = run("classify", "   ")
+    assert res.exit_code == 2
+    assert "empty text" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "name, encoding, delimiter",
+    [("in.csv", "utf-8", ","), ("bom.csv", "utf-8-sig", ","), ("sjis.csv", "cp932", ","), ("in.tsv", "utf-8", "\t")],
+)
+def test_classify_delimited_files(tmp_path: Path, name: str, encoding: str, delimiter: str) -> None:
+    src = write_csv(tmp_path / name, ROWS, encoding, delimiter)
+    out = tmp_path / "out.csv"
+    res = run("classify", "--file", str(src), "-o", str(out))
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["id"] for r in rows] == ["p1", "p2", "p3"]
+    assert "quantum" in rows[0]["domains"].split(";")
+    assert rows[1]["domains"] == ""
+    assert all(r["status"] == "ok" and r["pillars"] for r in rows)
+
+
+def test_classify_jsonl_to_jsonl_with_custom_columns(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({"pid": r["id"], "body": r["abstract"], "name": r["title"]}, ensure_ascii=False) for r in ROWS), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    res = run("classify", "-f", str(src), "--id-col", "pid", "--text-col", "body", "--title-col", "name", "-o", str(out))
+    assert res.exit_code == 0, res.stderr
+    objs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [o["id"] for o in objs] == ["p1", "p2", "p3"]
+    assert objs[0]["domains"][0]["evidence"]
+
+
+def test_classify_xlsx_round_trip(tmp_path: Path) -> None:
+    from openpyxl import Workbook, load_workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(list(ROWS[0]))
+    for r in ROWS:
+        sheet.append(list(r.values()))
+    src = tmp_path / "in.xlsx"
+    book.save(src)
+    out = tmp_path / "out.xlsx"
+    res = run("classify", "-f", str(src), "-o", str(out))
+    assert res.exit_code == 0, res.stderr
+    rows = list(load_workbook(out).active.iter_rows(values_only=True))
+    assert rows[0][:3] == ("id", "status", "domains")
+    assert [r[0] for r in rows[1:]] == ["p1", "p2", "p3"]
+
+
+def test_classify_bad_records_become_error_rows(tmp_path: Path) -> None:
+    src = tmp_path / "bad.jsonl"
+    lines = [
+        json.dumps({"id": "ok1", "abstract": "リチウムイオン電池の正極材料を開発する。"}, ensure_ascii=False),
+        "{not json",
+        json.dumps({"id": "empty", "abstract": "  "}),
+        json.dumps({"id": "ok2", "abstract": "Hypersonic aircraft engine design."}),
+    ]
+    src.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "bytes", "abstract": "\xff\xfe"}\n')
+    out = tmp_path / "out.jsonl"
+    res = run("classify", "-f", str(src), "-o", str(out))
+    assert res.exit_code == 1
+    objs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [o["status"] for o in objs] == ["ok", "error", "error", "ok", "error"]
+    assert "line 2" in objs[1]["error"] and "malformed JSON" in objs[1]["error"]
+    assert "empty text" in objs[2]["error"]
+    assert "line 5" in objs[4]["error"] and "undecodable" in objs[4]["error"]
+    assert "5 records: 2 tagged, 3 failed" in res.stderr
+
+
+def test_classify_missing_column_and_empty_file(tmp_path: Path) -> None:
+    src = write_csv(tmp_path / "cols.csv", [{"key": "1", "body": "量子"}])
+    res = run("classify", "-f", str(src))
+    assert res.exit_code == 2 and "no id column" in res.stderr
+    res = run("classify", "-f", str(src), "--id-col", "key", "--text-col", "missing")
+    assert res.exit_code == 2 and "no column 'missing'" in res.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    res = run("classify", "-f", str(empty))
+    assert res.exit_code == 2 and "empty" in res.stderr
+
+
+def test_train_evaluate_and_models_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from classifier.corpus import corpus_files
+
+    monkeypatch.setenv("GRANTTAG_MODELS_DIR", str(tmp_path / "store"))
+    # A labeled CSV with names instead of ids, trained with the corpus.
+    src = write_csv(
+        tmp_path / "labeled.csv",
+        [
+            {"id": "L1", "title": "洋上風力", "abstract": "浮体式洋上風力発電の係留を開発する。", "domains": "資源・エネルギー・安全保障・GX;Ocean", "pillars": "strategic_technology"},
+        ],
+    )
+    res = run("train", str(src), "--with-corpus")
+    assert res.exit_code == 0, res.stderr
+    version = res.stdout.strip()
+    listing = run("models", "list", "--json")
+    metas = json.loads(listing.stdout)
+    assert [m["version"] for m in metas] == [version] and metas[0]["active"]
+    assert metas[0]["training_records"] == 1 + sum(1 for f in corpus_files() for _ in f.open(encoding="utf-8"))
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(
+        "\n".join(json.dumps({**r, "domains": d, "pillars": ["science_renaissance"]}, ensure_ascii=False) for r, d in zip(ROWS, [["quantum"], [], ["disaster_resilience"]])),
+        encoding="utf-8",
+    )
+    res = run("evaluate", str(gold), "--json")
+    assert res.exit_code == 0, res.stderr
+    figures = json.loads(res.stdout)
+    assert {"domains.micro_f1", "domains.macro_f1", "pillars.micro_f1"} <= set(figures)
+    assert run("models", "activate", "no-such").exit_code == 2
+
+
+def test_train_rejects_unknown_labels(tmp_path: Path) -> None:
+    src = write_csv(tmp_path / "bad.csv", [{"id": "1", "abstract": "量子", "domains": "warp_drive", "pillars": "science_renaissance"}])
+    res = run("train", str(src))
+    assert res.exit_code == 2
+    assert "bad.csv line 2" in res.stderr and "warp_drive" in res.stderr

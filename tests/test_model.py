@@ -1,0 +1,177 @@
+"""Training, prediction, explanations, determinism and model storage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier import store
+from classifier.documents import Document, make_document
+from classifier.errors import InvalidInputError, ModelIntegrityError, ModelNotFoundError, TrainingDataError
+from classifier.model import ModelConfig, train_model
+from classifier.taxonomy import load_taxonomy
+
+
+def test_taxonomy_has_guide_ids() -> None:
+    tax = load_taxonomy()
+    assert len(tax.domains) == 17 and len(tax.pillars) == 6
+    assert tax.domain_ids[0] == "shipbuilding" and tax.domain_ids[-1] == "space"
+    assert tax.resolve("量子").id == "quantum"
+    assert tax.resolve("Fusion energy").id == "fusion"
+    assert tax.resolve("governance").kind == "pillar"
+
+
+def test_predict_quantum_text(model) -> None:  # type: ignore[no-untyped-def]
+    doc = Document("q", title="超伝導量子ビットの誤り訂正", abstract="超伝導量子ビットを用いた表面符号による量子誤り訂正を実証し、量子コンピュータの実現を目指す。")
+    pred = model.predict([doc])[0]
+    assert [d.id for d in pred.domains][:1] == ["quantum"]
+    assert pred.pillars, "every document gets at least one pillar"
+    ev = pred.domains[0].evidence
+    assert ev, "predicted labels carry evidence"
+    for e in ev:
+        text = getattr(doc, e.field)
+        assert text[e.start : e.end] == e.term
+
+
+def test_predict_humanities_text_has_no_domain(model) -> None:  # type: ignore[no-untyped-def]
+    doc = Document("h", title="中世和歌の注釈史", abstract="本研究は中世の和歌注釈書を比較し、歌学の変遷と古典受容の歴史を文献学的に明らかにする。")
+    pred = model.predict([doc])[0]
+    assert pred.domains == []
+    assert [p.id for p in pred.pillars] == ["science_renaissance"]
+
+
+def test_predict_evidence_spans_in_original_text(model) -> None:  # type: ignore[no-untyped-def]
+    # Half-width katakana and full-width letters change length under NFKC.
+    doc = Document("w", abstract="ｶﾞｽﾀｰﾋﾞﾝ①を備えた航空機エンジンのＣＦＤ解析と燃焼器の設計")
+    pred = model.predict([doc])[0]
+    for label in pred.domains + pred.pillars:
+        for e in label.evidence:
+            assert doc.abstract[e.start : e.end] == e.term
+
+
+def test_predict_threshold_and_top_k(model) -> None:  # type: ignore[no-untyped-def]
+    doc = Document("t", abstract="洋上風力発電の浮体構造と係留システムを開発し、海洋環境への影響を評価する。")
+    everything = model.predict([doc], threshold=0.0)[0]
+    assert len(everything.domains) == 17 and len(everything.pillars) == 6
+    scores = [d.score for d in everything.domains]
+    assert scores == sorted(scores, reverse=True)
+    top = model.predict([doc], threshold=0.0, top_k=2)[0]
+    assert len(top.domains) == 2 and len(top.pillars) == 2
+
+
+def test_probabilities_in_range(model) -> None:  # type: ignore[no-untyped-def]
+    docs = [Document(str(i), abstract=t) for i, t in enumerate(["ロボットの把持制御", "Coral reef ecology", "がん免疫療法の臨床試験"])]
+    proba = model.predict_proba(docs)
+    assert proba.shape == (3, 23)
+    assert np.all((proba >= 0) & (proba <= 1))
+
+
+def _small_training_set():  # type: ignore[no-untyped-def]
+    from classifier.corpus import load_corpus
+
+    data = load_corpus(load_taxonomy())
+    rng = np.random.default_rng(0)
+    idx = sorted(rng.choice(len(data), size=min(900, len(data)), replace=False).tolist())
+    return data.subset(idx)
+
+
+def test_training_is_deterministic() -> None:
+    data = _small_training_set()
+    tax = load_taxonomy()
+    cfg = ModelConfig(cv=3, seed=7)
+    a = train_model(data.docs, data.domains, data.pillars, tax, cfg)
+    b = train_model(data.docs, data.domains, data.pillars, tax, cfg)
+    probe = data.docs[:20]
+    assert np.allclose(a.predict_proba(probe), b.predict_proba(probe))
+    assert np.allclose(a.thresholds, b.thresholds)
+
+
+def test_training_refuses_label_without_examples() -> None:
+    data = _small_training_set()
+    tax = load_taxonomy()
+    keep = [i for i, d in enumerate(data.domains) if "fusion" not in d]
+    sub = data.subset(keep)
+    with pytest.raises(TrainingDataError, match="fusion"):
+        train_model(sub.docs, sub.domains, sub.pillars, tax, ModelConfig(cv=3))
+
+
+def test_save_load_round_trip(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    version = store.save_model(model, {"training_data_sha256": "ab" * 32}, tmp_path)
+    meta = json.loads((tmp_path / version / "meta.json").read_text())
+    assert meta["taxonomy_version"] == load_taxonomy().version
+    assert "scikit-learn" in meta["libraries"]
+    assert not list(tmp_path.glob(".tmp-*")), "no temporary directory left behind"
+    loaded = store.load_model(version, tmp_path)
+    docs = [Document("x", abstract="リチウムイオン電池の固体電解質材料")]
+    assert np.allclose(loaded.predict_proba(docs), model.predict_proba(docs))
+
+
+def test_load_refuses_tampered_model(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    version = store.save_model(model, {}, tmp_path)
+    path = tmp_path / version / store.MODEL_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="checksum"):
+        store.load_model(version, tmp_path)
+
+
+def test_load_refuses_other_taxonomy_and_sklearn(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    version = store.save_model(model, {}, tmp_path)
+    meta_path = tmp_path / version / store.META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["taxonomy_version"] = "1999.1"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelIntegrityError, match="taxonomy"):
+        store.load_model(version, tmp_path)
+    meta["taxonomy_version"] = load_taxonomy().version
+    meta["libraries"]["scikit-learn"] = "0.24.2"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelIntegrityError, match="scikit-learn"):
+        store.load_model(version, tmp_path)
+
+
+def test_activate_and_missing_versions(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelNotFoundError):
+        store.load_model(None, tmp_path)
+    version = store.save_model(model, {}, tmp_path)
+    with pytest.raises(ModelNotFoundError):
+        store.activate("nope", tmp_path)
+    store.activate(version, tmp_path)
+    assert store.active_version(tmp_path) == version
+    assert [m["active"] for m in store.list_versions(tmp_path)] == [True]
+    shutil.rmtree(tmp_path / version)
+    with pytest.raises(ModelNotFoundError):
+        store.load_model(None, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"id": "a", "abstract": "   "}, "empty text"),
+        ({"id": "", "abstract": "量子"}, "no id"),
+        ({"id": "b", "abstract": "x\x00y"}, "binary"),
+        ({"id": "c", "abstract": "あ" * 1_000_001}, "limit"),
+        ({"id": "d", "abstract": {"nested": 1}}, "must be text"),
+    ],
+)
+def test_make_document_rejects_bad_records(record: dict, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message) as info:
+        make_document(record, "input.jsonl line 3")
+    assert "input.jsonl line 3" in str(info.value)
+
+
+def test_clone_of_keyword_prior() -> None:
+    from sklearn.base import clone
+
+    from classifier.features import KeywordPrior
+
+    prior = KeywordPrior({"quantum": ["量子", "qubit"], "space": ["衛星"]})
+    cloned = clone(prior)
+    assert cloned.get_params() == prior.get_params()
+    out = cloned.fit([["", "", ""]]).transform([["量子 qubit", "衛星", ""]]).toarray()
+    assert out.shape == (1, 2) and out[0, 0] > out[0, 1] > 0

@@ -1,0 +1,93 @@
+"""Text analysis: normalisation, offsets and Japanese/English/mixed tokenisation."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from classifier.text import FieldAnalyzer, Tokenizer, normalize, normalize_with_offsets, split_keywords
+
+TOK = Tokenizer()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("量子コンピュータの誤り訂正", ["量子", "コンピューター", "誤り", "訂正", "量子コンピュータ", "誤り訂正"]),
+        ("深層学習による画像診断", ["深層", "学習", "深層学習", "画像", "診断", "画像診断"]),
+        ("Deep learning for satellites", ["deep", "learn", "deep learn", "satellit"]),
+        ("ＡＩと５Ｇ通信", ["ai", "通信"]),  # full-width ASCII folds to ai
+        ("GaNパワーデバイスの開発", ["gan", "パワー", "デバイス", "パワーデバイス", "開発"]),
+        ("医療🚀AI", ["医療", "ai"]),  # emoji is dropped, its neighbours kept
+        ("", []),
+        ("   \n\t ", []),
+        ("の、は。", []),  # particles and punctuation only
+    ],
+)
+def test_tokenizer_features(text: str, expected: list[str]) -> None:
+    feats = TOK.features(text)
+    for token in expected:
+        assert token in feats, (token, feats)
+    if not expected:
+        assert feats == []
+
+
+def test_tokenizer_keeps_one_and_two_character_words() -> None:
+    feats = TOK.features("鉄と銅の材料")
+    assert "鉄" in feats and "銅" in feats and "材料" in feats
+
+
+def test_tokenizer_drops_light_verbs_and_stopwords() -> None:
+    feats = TOK.features("本研究では解析を行う。This is the study of the method.")
+    assert "為る" not in feats and "行う" not in feats
+    assert "the" not in feats and "is" not in feats
+
+
+def test_tokenizer_spans_point_at_surface() -> None:
+    text = normalize("本研究では超伝導量子ビットを用いる")
+    for tok in TOK.analyze(text, normalized=True):
+        assert text[tok.start : tok.end] == tok.surface
+
+
+def test_tokenizer_pickles_without_tagger() -> None:
+    TOK.features("量子")  # builds the tagger
+    clone = pickle.loads(pickle.dumps(TOK))
+    assert clone._tagger is None
+    assert clone.features("量子ビット") == TOK.features("量子ビット")
+
+
+@pytest.mark.parametrize(
+    "original, norm",
+    [
+        ("ＡＢＣ１２３", "ABC123"),
+        ("ｶﾞｽタービン", "ガスタービン"),
+        ("①量子", "1量子"),
+        ("㈱量子", "(株)量子"),
+        ("行1\n行2\t", "行1 行2 "),
+    ],
+)
+def test_normalize_with_offsets_maps_back(original: str, norm: str) -> None:
+    out, starts, ends = normalize_with_offsets(original)
+    assert out == norm
+    assert len(starts) == len(ends) == len(out)
+    # Every normalised character maps to a non-empty original range, in order.
+    assert all(0 <= s < e <= len(original) for s, e in zip(starts, ends))
+    assert starts == sorted(starts)
+
+
+def test_normalize_with_offsets_composed_kana() -> None:
+    out, starts, ends = normalize_with_offsets("ｶﾞｽ")
+    assert out == "ガス"
+    assert (starts[0], ends[0]) == (0, 2)  # ガ came from ｶ + ﾞ
+
+
+def test_keyword_analyzer_keeps_whole_keywords() -> None:
+    feats = FieldAnalyzer("keywords", TOK)("量子センシング; ダイヤモンドNV中心、磁気計測")
+    assert "kw=量子センシング" in feats
+    assert "kw=ダイヤモンドnv中心" in feats
+    assert "量子" in feats
+
+
+def test_split_keywords() -> None:
+    assert split_keywords("a; b、c,d / e") == ["a", "b", "c", "d", "e"]
