@@ -23,3 +23,7 @@ class ModelIntegrityError(GranttagError):
 
 class TrainingDataError(GranttagError):
     """Training data that cannot be used (unknown labels, too few examples...)."""
+
+
+class ConfigurationError(GranttagError):
+    """Settings that cannot be used (no API keys, an unreadable key file...); raised at start-up."""

@@ -18,6 +18,20 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="Model store; default models/ in a checkout, else XDG data dir")
     data_dir: Path | None = Field(None, description="Where jobs, feedback and added training data are kept")
 
+    # HTTP API (issue 5): keys, limits and server options; `granttag serve` flags override the server ones.
+    api_keys: str | None = Field(None, description='API keys with roles, "KEY1:admin,KEY2:classify"; no default key')
+    api_key_file: Path | None = Field(None, description="File of API keys, one KEY:ROLE a line (# comments)")
+    api_no_auth: bool = Field(False, description="Serve without keys (local use only; set by `granttag serve --no-auth`)")
+    api_host: str = Field("127.0.0.1", description="Address `granttag serve` listens on")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port `granttag serve` listens on")
+    api_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    api_max_body_bytes: int = Field(2_000_000, ge=1024, description="Largest JSON request body (413 above)")
+    api_max_upload_bytes: int = Field(200_000_000, ge=1024, description="Largest file uploaded to POST /v1/jobs (413 above)")
+    api_max_text_chars: int = Field(50_000, ge=100, description="Longest title, abstract, text, keywords, program or field (422 above)")
+    api_max_batch: int = Field(100, ge=1, le=10_000, description="Most documents in one POST /v1/classify/batch (422 above)")
+    api_queue_mode: bool = Field(True, description="Jobs through Celery; /readyz then also needs Redis to answer")
+    api_model_check_seconds: float = Field(2.0, ge=0, description="How often the API looks for a newly activated model")
+
 
 def get_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and ``overrides``); raise on bad values."""
