@@ -27,3 +27,11 @@ class TrainingDataError(GranttagError):
 
 class ConfigurationError(GranttagError):
     """Settings that cannot be used (no API keys, an unreadable key file...); raised at start-up."""
+
+
+class JobNotFoundError(GranttagError):
+    """No batch-tagging job with that id (issue 4)."""
+
+
+class ServiceUnavailableError(GranttagError):
+    """A service the command needs (Redis, a database) does not answer (issue 4)."""

@@ -297,9 +297,21 @@ def models_activate(version: str) -> None:
         load_model(version)
         activate(version)
         click.echo(f"active model: {version}")
+        # Workers on every machine follow the version published in Redis (issue 4).
+        from classifier.errors import ServiceUnavailableError
+        from granttag.settings import get_settings
+        from worker.registry import publish_active_model
+
+        try:
+            publish_active_model(get_settings())
+            click.echo(f"published {version} to the workers through Redis")
+        except ServiceUnavailableError as exc:
+            click.echo(f"activated locally only; not published to the workers: {exc}", err=True)
 
     _run(go)
 
+
+from granttag.cli_tag import register as _register_tag; _register_tag(main)  # noqa: E402, E702
 
 if __name__ == "__main__":
     main()

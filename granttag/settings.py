@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     api_queue_mode: bool = Field(True, description="Jobs through Celery; /readyz then also needs Redis to answer")
     api_model_check_seconds: float = Field(2.0, ge=0, description="How often the API looks for a newly activated model")
 
+    # Celery workers and batch tagging (issue 4).
+    chunk_size: int = Field(500, ge=1, le=20_000, description="Records per tagging task")
+    worker_concurrency: int | None = Field(None, ge=1, description="Processes per `granttag worker` (default: cores)")
+    task_soft_time_limit: int = Field(240, ge=1, description="Seconds a chunk may run before SoftTimeLimitExceeded")
+    task_time_limit: int = Field(300, ge=1, description="Seconds before a chunk's process is killed")
+    visibility_timeout: int = Field(900, ge=1, description="Seconds before Redis redelivers a chunk whose worker died")
+    job_ttl_days: int = Field(7, ge=1, description="Days a finished job's state is kept in Redis")
+
 
 def get_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and ``overrides``); raise on bad values."""
