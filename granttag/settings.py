@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,10 @@ class Settings(BaseSettings):
     api_max_batch: int = Field(100, ge=1, le=10_000, description="Most documents in one POST /v1/classify/batch (422 above)")
     api_queue_mode: bool = Field(True, description="Jobs through Celery; /readyz then also needs Redis to answer")
     api_model_check_seconds: float = Field(2.0, ge=0, description="How often the API looks for a newly activated model")
+    api_job_sources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Server-side job sources by name (JSON), e.g. {"kaken": {"url": "postgresql://...", "table": "projects"}}; admin keys start jobs on them',
+    )
 
     # Celery workers and batch tagging (issue 4).
     chunk_size: int = Field(500, ge=1, le=20_000, description="Records per tagging task")
@@ -39,6 +44,14 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(300, ge=1, description="Seconds before a chunk's process is killed")
     visibility_timeout: int = Field(900, ge=1, description="Seconds before Redis redelivers a chunk whose worker died")
     job_ttl_days: int = Field(7, ge=1, description="Days a finished job's state is kept in Redis")
+
+    # Retraining and its quality gate (issue 6).
+    retrain_margin: float = Field(0.05, ge=0, le=1, description="Largest F1 drop on the holdout a label with enough support may have")
+    retrain_min_support: int = Field(5, ge=0, description="Holdout examples a label needs for its own F1 to be checked")
+    retrain_cv_folds: int = Field(3, ge=0, le=10, description="Cross-validation folds of a retrain (0: none)")
+    retrain_time_limit: int = Field(3600, ge=60, description="Seconds a retrain task may run before it is stopped")
+    retrain_calibration_cv: int = Field(5, ge=2, le=10, description="Folds for calibration and threshold tuning of each label (fewer: faster on big data)")
+    retrain_min_df: int = Field(1, ge=1, description="Documents a term needs to become a feature (more: smaller, faster on big data)")
 
 
 def get_settings(**overrides: object) -> Settings:
