@@ -745,12 +745,15 @@ def resume_job(
     return job_id
 
 
-def follow_job(settings: Any, job_id: str, on_status: Callable[[dict[str, Any]], None], *, poll: float = 0.5) -> dict[str, Any]:
+def follow_job(
+    settings: Any, job_id: str, on_status: Callable[[dict[str, Any]], None], *, poll: float = 0.5, timeout: float | None = None
+) -> dict[str, Any]:
     """Wait for a Celery job to finish, calling ``on_status`` with each status; return the last one.
 
     A database job whose Redis lost its queue (Redis restarted without
     persistence) is queued again, so it completes once Redis is back; while
-    Redis does not answer, this waits.
+    Redis does not answer, this waits. Raises TimeoutError after ``timeout``
+    seconds (default: wait as long as it takes).
     """
     import redis
 
@@ -759,11 +762,14 @@ def follow_job(settings: Any, job_id: str, on_status: Callable[[dict[str, Any]],
     store, _ = _open(settings, job_id)
     client = redis_client(settings)
     last_check = 0.0
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         status = job_status_from(store, job_id)
         on_status(status)
         if status["state"] in TERMINAL:
             return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {status['state']} after {timeout} s")
         if time.monotonic() - last_check > 3:
             last_check = time.monotonic()
             try:
@@ -793,6 +799,7 @@ def tag_chunk(settings: Any, locator: str, job_id: str, k: int, *, local: bool =
     from worker.registry import current_model
 
     started = time.monotonic()
+    started_at = time.time()
     store = open_store(settings, locator)
     job = store.job(job_id)
     if job is None:
@@ -815,7 +822,7 @@ def tag_chunk(settings: Any, locator: str, job_id: str, k: int, *, local: bool =
                 skip = tagged_ids(conn, spec["dest"], [str(i) for i in ids], version)
         todo = [r for r in rows if r.raw_id not in skip or r.error]
         outcomes = [o.as_dict() for o in classify_records(model, todo, explain=False)]
-        result = _counts(outcomes, len(rows) - len(todo), version, started)
+        result = _counts(outcomes, len(rows) - len(todo), version, started, started_at)
 
         def write(conn: Any) -> None:
             write_outcomes(conn, spec["dest"], outcomes, version, job_id)
@@ -824,10 +831,10 @@ def tag_chunk(settings: Any, locator: str, job_id: str, k: int, *, local: bool =
     if records is None:
         records = [_record_from(obj) for obj in store.chunk_input(job_id, k) or []]
     outcomes = [o.as_dict() for o in classify_records(model, records)]
-    return store.commit(job_id, k, _counts(outcomes, 0, version, started), outcomes, None)  # type: ignore[no-any-return]
+    return store.commit(job_id, k, _counts(outcomes, 0, version, started, started_at), outcomes, None)  # type: ignore[no-any-return]
 
 
-def _counts(outcomes: list[dict[str, Any]], skipped: int, version: str, started: float) -> dict[str, Any]:
+def _counts(outcomes: list[dict[str, Any]], skipped: int, version: str, started: float, started_at: float) -> dict[str, Any]:
     from worker.sql import now
 
     ok = sum(1 for o in outcomes if o.get("status") == "ok")
@@ -838,6 +845,7 @@ def _counts(outcomes: list[dict[str, Any]], skipped: int, version: str, started:
         "skipped": skipped,
         "model_version": version,
         "seconds": round(time.monotonic() - started, 3),
+        "started_at": started_at,
         "pid": os.getpid(),
         "finished": now(),
     }
