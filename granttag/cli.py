@@ -313,6 +313,7 @@ def models_activate(version: str) -> None:
 
 from granttag.cli_tag import register as _register_tag; _register_tag(main)  # noqa: E402, E702
 from granttag.cli_data import register as _register_data; _register_data(main)  # noqa: E402, E702
+from granttag.cli_serve import register as _register_serve; _register_serve(main)  # noqa: E402, E702
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,10 @@ class Settings(BaseSettings):
     api_max_batch: int = Field(100, ge=1, le=10_000, description="Most documents in one POST /v1/classify/batch (422 above)")
     api_queue_mode: bool = Field(True, description="Jobs through Celery; /readyz then also needs Redis to answer")
     api_model_check_seconds: float = Field(2.0, ge=0, description="How often the API looks for a newly activated model")
+    api_job_sources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Server-side job sources by name (JSON), e.g. {"kaken": {"url": "postgresql://...", "table": "projects"}}; admin keys start jobs on them',
+    )
 
     # Celery workers and batch tagging (issue 4).
     chunk_size: int = Field(500, ge=1, le=20_000, description="Records per tagging task")
