@@ -720,8 +720,8 @@ def resume_job(
             f"{'without' if store.locator == REDIS_LOCATOR else 'with'} --local"
         )
     store.reset_failed(job_id)
-    if job["state"] == "cancelled" or job["state"] == "queued":
-        store.set_state(job_id, "running")
+    if job["state"] == "cancelled":
+        store.set_state(job_id, "queued")
     pending = [k for k in range(job["chunks"]) if store.chunk_results(job_id).get(k, {}).get("state") != "done"]
     if local:
         _run_local(settings, store, job, pending, jobs, progress)
