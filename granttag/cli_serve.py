@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import click
 
@@ -21,7 +20,14 @@ import click
 @click.option(
     "--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", help="uvicorn log level."
 )
-def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool, no_queue: bool, log_level: str) -> None:
+@click.option(
+    "--keep-alive",
+    type=click.IntRange(1),
+    default=75,
+    show_default=True,
+    help="Seconds an idle connection is kept open; longer than a proxy's idle timeout, so no request meets a closing connection.",
+)
+def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool, no_queue: bool, log_level: str, keep_alive: int) -> None:
     """Serve the HTTP API (OpenAPI at /openapi.json, docs at /docs).
 
     Keys come from GRANTTAG_API_KEYS ("KEY1:admin,KEY2:classify") or
@@ -52,7 +58,6 @@ def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool
     import uvicorn
 
     workers = workers or settings.api_workers
-    kwargs: dict[str, Any] = {}
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         import tempfile
 
@@ -65,7 +70,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool
         port=port or settings.api_port,
         workers=workers,
         log_level=log_level,
-        **kwargs,
+        # uvicorn's default of 5 s lets a client send on a connection the server is closing (seen as errors under load).
+        timeout_keep_alive=keep_alive,
     )
 
 
