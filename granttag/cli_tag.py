@@ -341,7 +341,9 @@ def _tag(source: str | None, **kw: Any) -> None:
             if kw["detach"]:
                 click.echo(job_id)
                 return
-            click.echo(f"job {job_id} queued for the workers (`granttag worker`)", err=True)
+            click.echo(f"job {job_id} queued for the workers", err=True)
+            if not _workers_answer(settings):
+                click.echo("no worker answers yet: start one with `granttag worker` (the job waits for it)", err=True)
             J.follow_job(settings, job_id, progress.status)
     except KeyboardInterrupt:
         progress.close()
@@ -355,6 +357,16 @@ def _tag(source: str | None, **kw: Any) -> None:
     if kind == "file" and output is not None and status["state"] == "done":
         _write_output(settings, job_id, status, output)
     _summary(settings, job_id, status, kind)
+
+
+def _workers_answer(settings: Any) -> bool:
+    """Return True when at least one worker answers a ping within a second."""
+    from worker.app import create_celery
+
+    try:
+        return bool(create_celery(settings).control.ping(timeout=1.0))
+    except Exception:  # noqa: BLE001 - only a hint; following the job reports real trouble
+        return True
 
 
 def _write_output(settings: Any, job_id: str, status: dict[str, Any], output: Path) -> None:

@@ -267,3 +267,15 @@ def test_job_results_pages_in_input_order(env: Path, offset: int, limit: int) ->
         page = job_results(settings(), job["id"], offset, limit)
         assert [r["id"] for r in page] == expected
         assert all(r["status"] == "ok" and r["pillars"] for r in page)
+
+
+def test_models_activate_without_redis_activates_locally(env: Path, model_root: Path) -> None:
+    from classifier.store import active_version
+
+    version = active_version(model_root)
+    assert version is not None
+    res = run("models", "activate", version)
+    assert res.exit_code == 0
+    assert f"active model: {version}" in res.output
+    assert "activated locally only; not published" in res.output
+    assert active_version(model_root) == version

@@ -460,3 +460,41 @@ def test_worker_postgres_source_and_destination(settings: Any, workers: Workers,
     with psycopg.connect(PG_URL) as con:
         after = con.execute(f"SELECT project_id, label_id, score, model_version FROM {pg_schema}.project_tags").fetchall()
     assert sorted(after) == sorted(rows)
+
+
+def test_models_activate_publishes_and_fetch_checks_sha256(settings: Any, wenv: dict[str, str], tmp_path: Path) -> None:
+    import zlib
+
+    from click.testing import CliRunner
+
+    from classifier import store
+    from classifier.errors import ModelIntegrityError
+    from granttag.cli import main
+    from granttag.settings import get_settings
+    from worker.registry import ACTIVE_KEY, fetch_version, publish_active_model
+
+    root = Path(wenv["GRANTTAG_MODELS_DIR"])
+    version = store.active_version(root)
+    assert version is not None
+    _redis().delete(ACTIVE_KEY, f"granttag:model:{version}")
+    res = CliRunner().invoke(main, ["models", "activate", version], catch_exceptions=False)
+    assert res.exit_code == 0
+    assert f"published {version}" in res.output
+    assert _redis().get(ACTIVE_KEY) == version.encode()
+    # Another machine: an empty model store gets the files, and they load.
+    other = get_settings(models_dir=tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    path = fetch_version(other, version)
+    assert store.load_model(version, tmp_path / "other").version == version
+    assert (path / "model.joblib").read_bytes() == (root / version / "model.joblib").read_bytes()
+    # A damaged copy in Redis is refused, and nothing is written.
+    try:
+        _redis().hset(f"granttag:model:{version}", "model", zlib.compress(b"not the model"))
+        third = get_settings(models_dir=tmp_path / "third")
+        (tmp_path / "third").mkdir()
+        with pytest.raises(ModelIntegrityError, match="SHA-256"):
+            fetch_version(third, version)
+        assert not (tmp_path / "third" / version).exists()
+    finally:
+        _redis().delete(f"granttag:model:{version}")
+        publish_active_model(settings)

@@ -28,11 +28,17 @@ ACTIVE_KEY = "granttag:model:active"
 PREFIX = "granttag:model:"
 
 
+_CLIENTS: dict[tuple[int, str], Any] = {}
+
+
 def redis_client(settings: Any) -> Any:
-    """Return a Redis client for ``settings.broker_url`` (short timeouts, so a dead Redis is noticed at once)."""
+    """Return this process's Redis client for ``settings.broker_url`` (short timeouts, so a dead Redis is noticed at once)."""
     import redis
 
-    return redis.Redis.from_url(settings.broker_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30)
+    key = (os.getpid(), settings.broker_url)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30)
+    return _CLIENTS[key]
 
 
 def check_redis(settings: Any) -> Any:
