@@ -1,9 +1,9 @@
-"""Feature extraction: weighted TF-IDF per field, field-code crosswalk and taxonomy keyword priors."""
+"""Feature extraction: each document analysed once, then weighted TF-IDF per field, field codes and keyword priors."""
 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,12 +12,62 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from classifier.text import FieldAnalyzer, Tokenizer, normalize
+from classifier.documents import Document
+from classifier.text import Tokenizer, normalize, split_keywords
 
-#: Column order of the document matrix given to the pipeline (see Document.columns).
-COLUMNS = {"title": 0, "abstract": 1, "keywords": 2, "program": 3, "field": 4}
+#: Columns of the analysed-document matrix the feature pipeline takes.
+COLUMNS = {"title": 0, "abstract": 1, "keywords": 2, "program": 3, "field": 4, "text": 5}
+TEXT_FIELDS = ("title", "abstract", "keywords")
 
 _CODE = re.compile(r"(\d{5})")
+
+
+def passthrough(tokens: list[str]) -> list[str]:
+    """Analyzer for already-analysed fields: the token list is the features."""
+    return tokens
+
+
+@dataclass
+class Analysed:
+    """A document after text analysis: (feature, surface) pairs per text field and the normalised fields."""
+
+    pairs: dict[str, list[tuple[str, str]]]
+    norm: dict[str, str]
+
+
+def analyse_documents(docs: list[Document], tokenizer: Tokenizer) -> tuple[np.ndarray, list[Analysed]]:
+    """Analyse every text field of ``docs`` once.
+
+    Returns the (n, 6) object matrix for the feature pipeline (token lists for
+    title, abstract and keywords; program; field code; the lower-cased text for
+    keyword priors) and each document's analysis, kept for explanations.
+    """
+    matrix = np.empty((len(docs), len(COLUMNS)), dtype=object)
+    analysed = []
+    for i, doc in enumerate(docs):
+        pairs: dict[str, list[tuple[str, str]]] = {}
+        norms: dict[str, str] = {}
+        for name in TEXT_FIELDS:
+            norm = normalize(getattr(doc, name))
+            norms[name] = norm
+            pairs[name] = tokenizer.pairs(norm)
+        kw_feats = ["kw=" + k.strip().lower() for k in split_keywords(norms["keywords"]) if k.strip()]
+        matrix[i, 0] = [f for f, _ in pairs["title"]]
+        matrix[i, 1] = [f for f, _ in pairs["abstract"]]
+        matrix[i, 2] = kw_feats + [f for f, _ in pairs["keywords"]]
+        matrix[i, 3] = doc.program
+        matrix[i, 4] = doc.field
+        matrix[i, 5] = " ".join((norms["title"], norms["abstract"], norms["keywords"])).lower()
+        analysed.append(Analysed(pairs, norms))
+    return matrix, analysed
+
+
+class CodeAnalyzer:
+    """Analyzer for a categorical value such as a funding program name."""
+
+    def __call__(self, value: str) -> list[str]:
+        value = normalize(value or "").strip().lower()
+        return [value] if value else []
 
 
 class FieldCodeAnalyzer:
@@ -34,22 +84,19 @@ class FieldCodeAnalyzer:
         value = normalize(value or "").strip()
         if not value:
             return []
-        feats = []
         match = _CODE.search(value)
-        if match:
-            code = match.group(1)
-            feats += ["field=" + code, "chu=" + code[:2]]
-            feats += ["xw=" + d for d in self.crosswalk.get(code, [])]
-        else:
-            feats.append("field=" + value.lower())
-        return feats
+        if not match:
+            return ["field=" + value.lower()]
+        code = match.group(1)
+        return ["field=" + code, "chu=" + code[:2]] + ["xw=" + d for d in self.crosswalk.get(code, [])]
 
 
 class KeywordPrior(BaseEstimator, TransformerMixin):
-    """Counts of each label's taxonomy keywords in the title, abstract and keywords.
+    """Counts of each label's taxonomy keywords in a document's text, log-scaled, one column per label.
 
-    ``keywords`` maps a label id to its keyword list; the output has one
-    column per label, log-scaled.
+    ``keywords`` maps a label id to its keyword list. Matching is one
+    Aho-Corasick pass over the lower-cased text (pyahocorasick); an ASCII
+    keyword must stand between word boundaries.
     """
 
     def __init__(self, keywords: dict[str, list[str]] | None = None) -> None:
@@ -59,32 +106,47 @@ class KeywordPrior(BaseEstimator, TransformerMixin):
         self.labels_ = sorted(self.keywords or {})
         return self
 
+    def _automaton(self) -> Any:
+        auto = getattr(self, "_auto", None)
+        if auto is None:
+            import ahocorasick
+
+            auto = ahocorasick.Automaton()
+            index = {label: j for j, label in enumerate(self.labels_)}
+            entries: dict[str, set[int]] = {}
+            for label, words in (self.keywords or {}).items():
+                for w in words:
+                    key = normalize(w).strip().lower()
+                    if key:
+                        entries.setdefault(key, set()).add(index[label])
+            for key, cols in entries.items():
+                auto.add_word(key, (len(key), key.isascii(), tuple(sorted(cols))))
+            auto.make_automaton()
+            self._auto = auto
+        return auto
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_auto", None)
+        return state
+
     def transform(self, X: Any) -> sparse.csr_matrix:
-        rows = np.asarray(X, dtype=object)
-        out = np.zeros((rows.shape[0], len(self.labels_)), dtype=np.float64)
-        patterns = [_keyword_pattern(tuple((self.keywords or {})[label])) for label in self.labels_]
-        for i, row in enumerate(rows):
-            text = normalize(" ".join(str(v) for v in row)).lower()
-            for j, pattern in enumerate(patterns):
-                if pattern is not None:
-                    n = len(pattern.findall(text))
-                    if n:
-                        out[i, j] = np.log1p(n)
-        return sparse.csr_matrix(out)
+        texts = np.asarray(X, dtype=object).ravel()
+        auto = self._automaton()
+        out = np.zeros((len(texts), len(self.labels_)), dtype=np.float64)
+        for i, text in enumerate(texts):
+            text = str(text)
+            for end, (length, ascii_word, cols) in auto.iter(text):
+                if ascii_word:
+                    start = end - length + 1
+                    if (start > 0 and text[start - 1].isalnum()) or (end + 1 < len(text) and text[end + 1].isalnum()):
+                        continue
+                for j in cols:
+                    out[i, j] += 1
+        return sparse.csr_matrix(np.log1p(out))
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray(["prior=" + label for label in self.labels_], dtype=object)
-
-
-@lru_cache(maxsize=256)
-def _keyword_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
-    parts = []
-    for w in sorted({normalize(w).lower().strip() for w in words if w.strip()}, key=len, reverse=True):
-        if w.isascii():
-            parts.append(r"\b" + re.escape(w) + r"\b")
-        else:
-            parts.append(re.escape(w))
-    return re.compile("|".join(parts)) if parts else None
 
 
 def build_features(
@@ -93,29 +155,28 @@ def build_features(
     prior_keywords: dict[str, list[str]] | None = None,
     min_df: int = 1,
 ) -> ColumnTransformer:
-    """Return the ColumnTransformer over the document columns.
+    """Return the ColumnTransformer over analysed documents.
 
     ``weights`` gives each block's weight: title, abstract, keywords,
-    program, field, prior (0 drops the block).
+    program, field, prior (0 or absent drops the block).
     """
-    tok = Tokenizer()
 
-    def vec(analyzer: Any) -> TfidfVectorizer:
-        return TfidfVectorizer(analyzer=analyzer, min_df=min_df, sublinear_tf=True, dtype=np.float32)
+    def vec(analyzer: Any, df: int = min_df) -> TfidfVectorizer:
+        return TfidfVectorizer(analyzer=analyzer, min_df=df, sublinear_tf=True, dtype=np.float32)
 
-    blocks: list[tuple[str, Any, Any]] = []
-    if weights.get("title", 0):
-        blocks.append(("title", vec(FieldAnalyzer("text", tok)), COLUMNS["title"]))
-    if weights.get("abstract", 0):
-        blocks.append(("abstract", vec(FieldAnalyzer("text", tok)), COLUMNS["abstract"]))
-    if weights.get("keywords", 0):
-        blocks.append(("keywords", vec(FieldAnalyzer("keywords", tok)), COLUMNS["keywords"]))
-    if weights.get("program", 0):
-        blocks.append(("program", TfidfVectorizer(analyzer=FieldAnalyzer("code"), dtype=np.float32), COLUMNS["program"]))
-    if weights.get("field", 0):
-        blocks.append(("field", TfidfVectorizer(analyzer=FieldCodeAnalyzer(crosswalk), dtype=np.float32), COLUMNS["field"]))
-    if weights.get("prior", 0) and prior_keywords:
-        blocks.append(("prior", KeywordPrior(prior_keywords), [COLUMNS["title"], COLUMNS["abstract"], COLUMNS["keywords"]]))
+    makers = {
+        "title": lambda: vec(passthrough),
+        "abstract": lambda: vec(passthrough),
+        "keywords": lambda: vec(passthrough),
+        "program": lambda: vec(CodeAnalyzer(), 1),
+        "field": lambda: vec(FieldCodeAnalyzer(crosswalk), 1),
+        "prior": lambda: KeywordPrior(prior_keywords),
+    }
+    blocks = []
+    for name, make in makers.items():
+        if weights.get(name, 0) and (name != "prior" or prior_keywords):
+            column = COLUMNS["text"] if name == "prior" else COLUMNS[name]
+            blocks.append((name, make(), column))
     return ColumnTransformer(
         blocks,
         transformer_weights={name: float(weights[name]) for name, _, _ in blocks},

@@ -9,8 +9,9 @@ import numpy as np
 
 from classifier.documents import Document
 from classifier.errors import TrainingDataError
+from classifier.features import Analysed, analyse_documents
 from classifier.taxonomy import Taxonomy
-from classifier.text import Tokenizer, normalize, normalize_with_offsets, split_keywords
+from classifier.text import Tokenizer, normalize_with_offsets
 
 #: Fewest positive examples a label needs to be trained (cross-validation needs both classes per fold).
 MIN_POSITIVES = 6
@@ -25,7 +26,6 @@ class ModelConfig:
     )
     C: float = 10.0
     class_weight: str | None = "balanced"
-    calibration: str = "sigmoid"
     cv: int = 5
     min_df: int = 1
     seed: int = 0
@@ -84,14 +84,6 @@ class Prediction:
         return out
 
 
-def documents_matrix(docs: list[Document]) -> np.ndarray:
-    """Return the (n, 5) object array of document columns the pipeline takes."""
-    arr = np.empty((len(docs), 5), dtype=object)
-    for i, d in enumerate(docs):
-        arr[i] = d.columns()
-    return arr
-
-
 def label_matrix(label_sets: list[list[str]], ids: list[str]) -> np.ndarray:
     """Return a 0/1 matrix (n, len(ids)) for the given label lists."""
     index = {label: j for j, label in enumerate(ids)}
@@ -102,22 +94,8 @@ def label_matrix(label_sets: list[list[str]], ids: list[str]) -> np.ndarray:
     return y
 
 
-def _classifier(config: ModelConfig) -> Any:
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV
-    from sklearn.multiclass import OneVsRestClassifier
-
-    folds = StratifiedKFold(n_splits=config.cv, shuffle=True, random_state=config.seed)
-    base = LogisticRegression(C=config.C, class_weight=config.class_weight, solver="liblinear", max_iter=1000)
-    calibrated = CalibratedClassifierCV(base, method=config.calibration, cv=folds, ensemble=False)
-    # The per-label decision threshold is tuned for F1 on out-of-fold predictions (issue 2).
-    tuned = TunedThresholdClassifierCV(calibrated, scoring="f1", cv=folds, random_state=config.seed)
-    return OneVsRestClassifier(tuned, n_jobs=config.n_jobs)
-
-
 class Model:
-    """A fitted granttag model: feature pipeline, per-label classifiers and thresholds."""
+    """A fitted granttag model: feature pipeline, calibrated per-label classifier and thresholds."""
 
     def __init__(
         self,
@@ -137,7 +115,6 @@ class Model:
         self.config = config
         self.prior_keywords = prior_keywords or {}
         self.version = "unsaved"
-        self._coef: np.ndarray | None = None
         self._names: list[tuple[str, str]] | None = None
         self._tokenizer: Tokenizer | None = None
 
@@ -149,18 +126,28 @@ class Model:
     @property
     def thresholds(self) -> np.ndarray:
         """The tuned decision threshold of each label (probability scale)."""
-        return np.array([float(e.best_threshold_) for e in self.classifier.estimators_])
+        return np.asarray(self.classifier.thresholds_, dtype=float)
+
+    def tokenizer(self) -> Tokenizer:
+        """Return this model's tokenizer (created once per process)."""
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer()
+        return self._tokenizer
+
+    def analyse(self, docs: list[Document]) -> tuple[Any, list[Analysed]]:
+        """Return the feature matrix of ``docs`` and their text analysis."""
+        matrix, analysed = analyse_documents(docs, self.tokenizer())
+        return self.features.transform(matrix).tocsr(), analysed
 
     def transform(self, docs: list[Document]) -> Any:
         """Return the sparse feature matrix of ``docs``."""
-        return self.features.transform(documents_matrix(docs))
+        return self.analyse(docs)[0]
 
     def predict_proba(self, docs: list[Document] | None = None, X: Any = None) -> np.ndarray:
         """Return calibrated probabilities, shape (n_docs, n_labels)."""
         if X is None:
             X = self.transform(docs or [])
-        cols = [e.predict_proba(X)[:, 1] for e in self.classifier.estimators_]
-        return np.column_stack(cols) if cols else np.zeros((X.shape[0], 0))
+        return np.asarray(self.classifier.predict_proba(X))
 
     def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Return the 0/1 decisions for ``proba``; every row gets at least one pillar."""
@@ -189,7 +176,7 @@ class Model:
         """
         if not docs:
             return []
-        X = self.transform(docs)
+        X, analysed = self.analyse(docs)
         proba = self.predict_proba(X=X)
         yes = self.decide(proba, threshold)
         ids = self.label_ids
@@ -198,14 +185,13 @@ class Model:
         for i, doc in enumerate(docs):
             picked: dict[str, list[LabelScore]] = {"domain": [], "pillar": []}
             for j in np.flatnonzero(yes[i]):
-                kind = "domain" if j < nd else "pillar"
-                picked[kind].append(LabelScore(ids[j], float(proba[i, j])))
+                picked["domain" if j < nd else "pillar"].append(LabelScore(ids[j], float(proba[i, j])))
             for kind in picked:
                 picked[kind].sort(key=lambda s: -s.score)
                 if top_k is not None:
                     picked[kind] = picked[kind][:top_k]
             if explain:
-                self._explain(doc, X[i], picked["domain"] + picked["pillar"], top_terms)
+                self._explain(doc, analysed[i], X[i], picked["domain"] + picked["pillar"], top_terms)
             out.append(
                 Prediction(
                     id=doc.id,
@@ -218,32 +204,22 @@ class Model:
         return out
 
     # --- explanations -------------------------------------------------
-    def _coefficients(self) -> tuple[np.ndarray, list[tuple[str, str]]]:
-        if self._coef is None or self._names is None:
-            rows = []
-            for est in self.classifier.estimators_:
-                lr = est.estimator_.calibrated_classifiers_[0].estimator
-                rows.append(np.asarray(lr.coef_).ravel())
-            self._coef = np.vstack(rows).astype(np.float32)
-            names = []
-            for name in self.features.get_feature_names_out():
-                block, _, term = str(name).partition("__")
-                names.append((block, term))
-            self._names = names
-        return self._coef, self._names
+    def _feature_names(self) -> list[tuple[str, str]]:
+        if self._names is None:
+            self._names = [(str(n).partition("__")[0], str(n).partition("__")[2]) for n in self.features.get_feature_names_out()]
+        return self._names
 
-    def _explain(self, doc: Document, x: Any, labels: list[LabelScore], top_terms: int) -> None:
+    def _explain(self, doc: Document, analysed: Analysed, x: Any, labels: list[LabelScore], top_terms: int) -> None:
         if not labels:
             return
-        coef, names = self._coefficients()
+        names = self._feature_names()
+        coef = self.classifier.coef_
         index = {label: j for j, label in enumerate(self.label_ids)}
-        x = x.tocsr()
         cols, vals = x.indices, x.data
-        locator = _SpanLocator(doc, self)
+        locator = _SpanLocator(doc, analysed, self.prior_keywords)
         for score in labels:
             contrib = vals * coef[index[score.id], cols]
-            order = np.argsort(-contrib)
-            for k in order:
+            for k in np.argsort(-contrib):
                 if contrib[k] <= 0 or len(score.evidence) >= top_terms:
                     break
                 block, term = names[cols[k]]
@@ -251,70 +227,59 @@ class Model:
                 if ev is not None and all(e.term != ev.term for e in score.evidence):
                     score.evidence.append(ev)
 
-    def tokenizer(self) -> Tokenizer:
-        """Return this model's tokenizer (created once per process)."""
-        if self._tokenizer is None:
-            self._tokenizer = Tokenizer()
-        return self._tokenizer
-
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_coef"] = state["_names"] = state["_tokenizer"] = None
+        state["_names"] = state["_tokenizer"] = None
         return state
 
 
-_FIELD_OF_BLOCK = {"title": "title", "abstract": "abstract", "keywords": "keywords", "program": "program", "field": "field"}
-
-
 class _SpanLocator:
-    """Finds where a feature stands in a document's original field text."""
+    """Finds where a feature stands in a document's original field text, from its analysis."""
 
-    def __init__(self, doc: Document, model: Model) -> None:
+    def __init__(self, doc: Document, analysed: Analysed, prior_keywords: dict[str, list[str]]) -> None:
         self.doc = doc
-        self.model = model
-        self._cache: dict[str, tuple[str, list[int], list[int], dict[str, tuple[int, int]]]] = {}
+        self.analysed = analysed
+        self.prior_keywords = prior_keywords
+        self._maps: dict[str, tuple[list[int], list[int], str, dict[str, str]]] = {}
 
-    def _field(self, name: str) -> tuple[str, list[int], list[int], dict[str, tuple[int, int]]]:
-        if name not in self._cache:
-            text = getattr(self.doc, name)
-            norm, starts, ends = normalize_with_offsets(text)
-            spans: dict[str, tuple[int, int]] = {}
-            for tok in self.model.tokenizer().analyze(norm, normalized=True):
-                spans.setdefault(tok.feature, (tok.start, tok.end))
-            self._cache[name] = (norm, starts, ends, spans)
-        return self._cache[name]
+    def _field(self, name: str) -> tuple[list[int], list[int], str, dict[str, str]]:
+        if name not in self._maps:
+            norm, starts, ends = normalize_with_offsets(getattr(self.doc, name))
+            low = norm.lower()
+            if len(low) != len(norm):
+                low = norm
+            surfaces: dict[str, str] = {}
+            for feature, surface in self.analysed.pairs.get(name, []):
+                surfaces.setdefault(feature, surface)
+            self._maps[name] = (starts, ends, low, surfaces)
+        return self._maps[name]
 
-    def _evidence(self, name: str, a: int, b: int, weight: float) -> Evidence | None:
-        text = getattr(self.doc, name)
-        norm, starts, ends, _ = self._field(name)
-        if a >= b or b > len(norm):
+    def _at(self, name: str, needle: str, weight: float) -> Evidence | None:
+        starts, ends, low, _ = self._field(name)
+        a = low.find(needle) if needle else -1
+        if a < 0:
             return None
+        b = a + len(needle)
         s, e = starts[a], ends[b - 1]
-        return Evidence(text[s:e], name, s, e, weight)
+        return Evidence(getattr(self.doc, name)[s:e], name, s, e, weight)
 
     def find(self, block: str, term: str, weight: float) -> Evidence | None:
         if block in ("title", "abstract", "keywords"):
-            norm, _, _, spans = self._field(block)
             if term.startswith("kw="):
-                kw = term[3:]
-                pos = norm.lower().find(kw)
-                return self._evidence(block, pos, pos + len(kw), weight) if pos >= 0 else None
-            if term in spans:
-                return self._evidence(block, *spans[term], weight)
-            return None
+                return self._at(block, term[3:], weight)
+            surface = self._field(block)[3].get(term)
+            return self._at(block, surface, weight) if surface else None
         if block in ("program", "field"):
             text = getattr(self.doc, block)
             return Evidence(text, block, 0, len(text), weight) if text else None
         if block == "prior":
             label = term.partition("=")[2]
+            words = sorted((w.lower() for w in self.prior_keywords.get(label, [])), key=len, reverse=True)
             for name in ("title", "abstract", "keywords"):
-                norm, _, _, _ = self._field(name)
-                low = norm.lower()
-                for kw in sorted(self.model.prior_keywords.get(label, []), key=len, reverse=True):
-                    kwn = normalize(kw).lower()
-                    pos = low.find(kwn) if kwn else -1
-                    if pos >= 0:
-                        return self._evidence(name, pos, pos + len(kwn), weight)
+                low = self._field(name)[2]
+                for w in words:
+                    if w and w in low:
+                        return self._at(name, w, weight)
         return None
 
 
@@ -328,10 +293,11 @@ def train_model(
 ) -> Model:
     """Fit a model on labeled documents; deterministic for ``config.seed``.
 
-    Raises TrainingDataError when a label has fewer than MIN_POSITIVES examples
-    or when every document has it.
+    Raises TrainingDataError when a label has fewer than MIN_POSITIVES
+    positive or negative examples.
     """
-    from classifier.features import build_features
+    from classifier.estimators import CalibratedLinearOVR
+    from classifier.features import COLUMNS, build_features
 
     config = config or ModelConfig()
     ids = taxonomy.domain_ids + taxonomy.pillar_ids
@@ -343,26 +309,21 @@ def train_model(
             f"too few positive or negative examples to train: {', '.join(short)}; each label needs at least "
             f"{MIN_POSITIVES} of each (add labeled records, or train together with the project corpus)"
         )
-    prior = {
-        label.id: list(label.keywords_ja) + list(label.keywords_en) for label in taxonomy.labels
-    }
-    matrix = documents_matrix(docs)
+    prior = {label.id: list(label.keywords_ja) + list(label.keywords_en) for label in taxonomy.labels}
+    tokenizer = Tokenizer()
+    matrix, _ = analyse_documents(docs, tokenizer)
     # A field no training document fills cannot be learned from: leave its block out.
-    from classifier.features import COLUMNS
-
     weights = {
-        name: w for name, w in config.weights.items() if name not in COLUMNS or any(str(v).strip() for v in matrix[:, COLUMNS[name]])
+        name: w
+        for name, w in config.weights.items()
+        if name not in COLUMNS or any(len(v) if isinstance(v, list) else str(v).strip() for v in matrix[:, COLUMNS[name]])
     }
     features = build_features(weights, crosswalk, prior, min_df=config.min_df)
     X = features.fit_transform(matrix).tocsr()
-    # Parallel label fits share X read-only; its indices must already be sorted.
     X.sum_duplicates()
     X.sort_indices()
-    clf = _classifier(config)
+    clf = CalibratedLinearOVR(C=config.C, class_weight=config.class_weight, cv=config.cv, random_state=config.seed, n_jobs=config.n_jobs)
     clf.fit(X, y)
-    return Model(features, clf, taxonomy.domain_ids, taxonomy.pillar_ids, taxonomy.version, config.as_dict(), prior)
-
-
-def split_keyword_list(value: str) -> list[str]:
-    """Return the keywords of a document's keyword string."""
-    return split_keywords(value)
+    model = Model(features, clf, taxonomy.domain_ids, taxonomy.pillar_ids, taxonomy.version, config.as_dict(), prior)
+    model._tokenizer = tokenizer
+    return model

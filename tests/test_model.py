@@ -173,5 +173,7 @@ def test_clone_of_keyword_prior() -> None:
     prior = KeywordPrior({"quantum": ["量子", "qubit"], "space": ["衛星"]})
     cloned = clone(prior)
     assert cloned.get_params() == prior.get_params()
-    out = cloned.fit([["", "", ""]]).transform([["量子 qubit", "衛星", ""]]).toarray()
-    assert out.shape == (1, 2) and out[0, 0] > out[0, 1] > 0
+    out = cloned.fit([""]).transform(["量子 qubit 衛星", "qubits only", ""]).toarray()
+    assert out.shape == (3, 2) and out[0, 0] > out[0, 1] > 0
+    assert out[1].sum() == 0, "an ASCII keyword matches whole words only"
+    assert out[2].sum() == 0

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from classifier.text import FieldAnalyzer, Tokenizer, normalize, normalize_with_offsets, split_keywords
+from classifier.text import Tokenizer, normalize, normalize_with_offsets, split_keywords
 
 TOK = Tokenizer()
 
@@ -14,11 +14,11 @@ TOK = Tokenizer()
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("量子コンピュータの誤り訂正", ["量子", "コンピューター", "誤り", "訂正", "量子コンピュータ", "誤り訂正"]),
-        ("深層学習による画像診断", ["深層", "学習", "深層学習", "画像", "診断", "画像診断"]),
-        ("Deep learning for satellites", ["deep", "learn", "deep learn", "satellit"]),
+        ("量子コンピュータの誤り訂正", ["量子", "コンピューター", "誤り", "訂正"]),  # loanword lemma without its gloss
+        ("深層学習による画像診断", ["深層", "学習", "画像", "診断"]),
+        ("Deep learning for satellites", ["deep", "learn", "satellit"]),
         ("ＡＩと５Ｇ通信", ["ai", "通信"]),  # full-width ASCII folds to ai
-        ("GaNパワーデバイスの開発", ["gan", "パワー", "デバイス", "パワーデバイス", "開発"]),
+        ("GaNパワーデバイスの開発", ["gan", "パワー", "デバイス", "開発"]),
         ("医療🚀AI", ["医療", "ai"]),  # emoji is dropped, its neighbours kept
         ("", []),
         ("   \n\t ", []),
@@ -53,7 +53,7 @@ def test_tokenizer_spans_point_at_surface() -> None:
 def test_tokenizer_pickles_without_tagger() -> None:
     TOK.features("量子")  # builds the tagger
     clone = pickle.loads(pickle.dumps(TOK))
-    assert clone._tagger is None
+    assert clone._tagger is None and TOK._tagger is not None
     assert clone.features("量子ビット") == TOK.features("量子ビット")
 
 
@@ -82,11 +82,22 @@ def test_normalize_with_offsets_composed_kana() -> None:
     assert (starts[0], ends[0]) == (0, 2)  # ガ came from ｶ + ﾞ
 
 
-def test_keyword_analyzer_keeps_whole_keywords() -> None:
-    feats = FieldAnalyzer("keywords", TOK)("量子センシング; ダイヤモンドNV中心、磁気計測")
+def test_analyse_documents_keeps_whole_keywords() -> None:
+    from classifier.documents import Document
+    from classifier.features import COLUMNS, analyse_documents
+
+    matrix, analysed = analyse_documents([Document("k", abstract="x", keywords="量子センシング; ダイヤモンドNV中心、磁気計測")], TOK)
+    feats = matrix[0, COLUMNS["keywords"]]
     assert "kw=量子センシング" in feats
     assert "kw=ダイヤモンドnv中心" in feats
     assert "量子" in feats
+    assert analysed[0].pairs["keywords"][0][0] == "量子"
+
+
+def test_tokenizer_numbers_and_single_letters_dropped() -> None:
+    feats = TOK.features("2023年に5G通信で3倍の速度を得た")
+    assert "2023" not in feats and "g" not in feats and "3" not in feats
+    assert "通信" in feats and "速度" in feats
 
 
 def test_split_keywords() -> None:
