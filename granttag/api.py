@@ -117,9 +117,10 @@ class ModelHolder:
     """The loaded model of this API process, swapped when another version is activated.
 
     The first ``get()`` builds the default model if the store has none and
-    loads the active version; afterwards ``get()`` looks at the store's
-    ACTIVE file at most every ``check_seconds`` and loads a newly activated
-    version while the other requests go on with the old one.
+    loads the active version. Afterwards ``get()`` looks at the store's ACTIVE
+    file at most every ``check_seconds``; a newly activated version is loaded
+    in a background thread and swapped in when ready, so no request waits for
+    it and requests in flight finish with the model they started with.
     """
 
     def __init__(self, root: Path, check_seconds: float) -> None:
@@ -140,7 +141,7 @@ class ModelHolder:
 
     def get(self) -> Any:
         """Return the current model; raises ModelNotFoundError when none can be loaded."""
-        from classifier.store import active_version, load_model
+        from classifier.store import active_version
 
         model = self._model
         if model is None:
@@ -153,14 +154,28 @@ class ModelHolder:
             self._checked = now
             active = active_version(self.root)
             if active and active != model.version and self._lock.acquire(blocking=False):
-                try:
-                    self._model = load_model(active, self.root)
-                    log.info("switched to model %s", active)
-                except GranttagError as exc:
-                    log.error("cannot load the newly activated model %s, keeping %s: %s", active, model.version, exc)
-                finally:
-                    self._lock.release()
-        return self._model
+                threading.Thread(target=self._switch, args=(active, True), name="granttag-model-switch", daemon=True).start()
+        return model
+
+    def switch(self, version: str) -> None:
+        """Load ``version`` and serve it from now on (waits for the load); raises GranttagError."""
+        with self._lock:
+            self._switch(version, False)
+
+    def _switch(self, version: str, release: bool) -> None:
+        from classifier.store import load_model
+
+        try:
+            old = self.version
+            self._model = load_model(version, self.root)
+            log.info("switched from model %s to %s", old, version)
+        except GranttagError as exc:
+            log.error("cannot load the newly activated model %s, keeping %s: %s", version, self.version, exc)
+            if not release:
+                raise
+        finally:
+            if release:
+                self._lock.release()
 
     def _load_first(self) -> None:
         from classifier.store import ensure_default_model, load_model
@@ -174,10 +189,6 @@ class ModelHolder:
         except GranttagError as exc:
             self.error = str(exc)
             raise ModelNotFoundError(f"no model can be loaded: {exc}") from exc
-
-    def reload(self) -> None:
-        """Look at the ACTIVE file on the next request (after an activation through this API)."""
-        self._checked = 0.0
 
 
 # --- problems -----------------------------------------------------------
@@ -936,11 +947,10 @@ def create_app(settings: Settings, *, jobs: Any = None) -> FastAPI:
         """Make a version active (admin): checked by loading it, then announced to the workers."""
         from classifier.store import activate, load_model
 
-        load_model(body.version, root)
+        load_model(body.version, root)  # refuse a version that does not load before making it active
         activate(body.version, root)
         _publish_active(settings)
-        holder.reload()
-        holder.get()
+        holder.switch(body.version)
         return get_models(role)
 
     # --- feedback ---
