@@ -62,12 +62,22 @@ def analyse_documents(docs: list[Document], tokenizer: Tokenizer) -> tuple[np.nd
     return matrix, analysed
 
 
-class CodeAnalyzer:
-    """Analyzer for a categorical value such as a funding program name."""
+_WORD = re.compile(r"[a-z][a-z&]+")
+
+
+class ProgramAnalyzer:
+    """Analyzer for a funding program name: the whole name, and its English words.
+
+    Real SBIR/NSF program strings name the agency ("SBIR Phase II Department
+    of Defense Navy"); their words (sbir, defense, navy…) carry over to
+    programs the training text never spelt exactly that way.
+    """
 
     def __call__(self, value: str) -> list[str]:
         value = normalize(value or "").strip().lower()
-        return [value] if value else []
+        if not value:
+            return []
+        return ["program=" + value] + sorted(set(_WORD.findall(value)))
 
 
 class FieldCodeAnalyzer:
@@ -96,11 +106,22 @@ class KeywordPrior(BaseEstimator, TransformerMixin):
 
     ``keywords`` maps a label id to its keyword list. Matching is one
     Aho-Corasick pass over the lower-cased text (pyahocorasick); an ASCII
-    keyword must stand between word boundaries.
+    keyword must stand between word boundaries. With a ``crosswalk`` (5-digit
+    field code → domain ids) and a second input column holding the field
+    code, a section that maps to a domain counts as ``crosswalk_weight``
+    keyword hits for it: the project's own training text has no field codes,
+    so the crosswalk cannot be learned as a feature of its own.
     """
 
-    def __init__(self, keywords: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        keywords: dict[str, list[str]] | None = None,
+        crosswalk: dict[str, list[str]] | None = None,
+        crosswalk_weight: float = 1.0,
+    ) -> None:
         self.keywords = keywords
+        self.crosswalk = crosswalk
+        self.crosswalk_weight = crosswalk_weight
 
     def fit(self, X: Any, y: Any = None) -> KeywordPrior:
         self.labels_ = sorted(self.keywords or {})
@@ -131,9 +152,19 @@ class KeywordPrior(BaseEstimator, TransformerMixin):
         return state
 
     def transform(self, X: Any) -> sparse.csr_matrix:
-        texts = np.asarray(X, dtype=object).ravel()
+        X = np.asarray(X, dtype=object)
+        if X.ndim == 1:
+            X = X.reshape(-1, 1)
+        texts = X[:, 0]
         auto = self._automaton()
         out = np.zeros((len(texts), len(self.labels_)), dtype=np.float64)
+        if self.crosswalk and X.shape[1] > 1:
+            index = {label: j for j, label in enumerate(self.labels_)}
+            for i, code in enumerate(X[:, 1]):
+                match = _CODE.search(str(code or ""))
+                for domain in self.crosswalk.get(match.group(1), []) if match else []:
+                    if domain in index:
+                        out[i, index[domain]] += self.crosswalk_weight
         for i, text in enumerate(texts):
             text = str(text)
             for end, (length, ascii_word, cols) in auto.iter(text):
@@ -154,6 +185,7 @@ def build_features(
     crosswalk: dict[str, list[str]] | None = None,
     prior_keywords: dict[str, list[str]] | None = None,
     min_df: int = 1,
+    crosswalk_weight: float = 1.0,
 ) -> ColumnTransformer:
     """Return the ColumnTransformer over analysed documents.
 
@@ -168,14 +200,14 @@ def build_features(
         "title": lambda: vec(passthrough),
         "abstract": lambda: vec(passthrough),
         "keywords": lambda: vec(passthrough),
-        "program": lambda: vec(CodeAnalyzer(), 1),
+        "program": lambda: vec(ProgramAnalyzer(), 1),
         "field": lambda: vec(FieldCodeAnalyzer(crosswalk), 1),
-        "prior": lambda: KeywordPrior(prior_keywords),
+        "prior": lambda: KeywordPrior(prior_keywords, crosswalk, crosswalk_weight),
     }
     blocks = []
     for name, make in makers.items():
         if weights.get(name, 0) and (name != "prior" or prior_keywords):
-            column = COLUMNS["text"] if name == "prior" else COLUMNS[name]
+            column: Any = [COLUMNS["text"], COLUMNS["field"]] if name == "prior" else COLUMNS[name]
             blocks.append((name, make(), column))
     return ColumnTransformer(
         blocks,

@@ -22,12 +22,13 @@ class ModelConfig:
     """Training settings; stored with every model version."""
 
     weights: dict[str, float] = field(
-        default_factory=lambda: {"title": 1.5, "abstract": 1.0, "keywords": 1.0, "program": 0.3, "field": 0.5, "prior": 0.5}
+        default_factory=lambda: {"title": 1.5, "abstract": 1.0, "keywords": 1.0, "program": 1.0, "field": 0.5, "prior": 0.5}
     )
     C: float = 10.0
     class_weight: str | None = "balanced"
     cv: int = 5
     min_df: int = 1
+    crosswalk_weight: float = 1.0
     seed: int = 0
     n_jobs: int = 1
 
@@ -318,7 +319,7 @@ def train_model(
         for name, w in config.weights.items()
         if name not in COLUMNS or any(len(v) if isinstance(v, list) else str(v).strip() for v in matrix[:, COLUMNS[name]])
     }
-    features = build_features(weights, crosswalk, prior, min_df=config.min_df)
+    features = build_features(weights, crosswalk, prior, min_df=config.min_df, crosswalk_weight=config.crosswalk_weight)
     X = features.fit_transform(matrix).tocsr()
     X.sum_duplicates()
     X.sort_indices()
