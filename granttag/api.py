@@ -14,11 +14,13 @@ problem (``{"type", "title", "status", "detail", "field"}``).
 import hmac
 import json
 import logging
+import queue
 import re
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -189,6 +191,83 @@ class ModelHolder:
         except GranttagError as exc:
             self.error = str(exc)
             raise ModelNotFoundError(f"no model can be loaded: {exc}") from exc
+
+
+class Batcher:
+    """Classifies the documents of concurrent requests together: one Model.predict per batch.
+
+    Requests hand their documents to one thread per process, which takes
+    everything waiting (up to ``max_docs``) and classifies it in one call. A
+    prediction does not depend on the other documents of its call, so answers
+    are the same as one by one; but one call on ten documents costs little more
+    than one on a single document (the per-call work of the feature pipeline
+    dominates), and one thread per process stops concurrent requests from
+    fighting over the GIL. Nothing waits for a batch to fill: a lone request is
+    classified at once. Measured in bench/bench_api.py (issue 5).
+    """
+
+    def __init__(self, holder: ModelHolder, max_docs: int = 64) -> None:
+        self.holder = holder
+        self.max_docs = max_docs
+        self._queue: queue.SimpleQueue[tuple[list[Any], tuple[Any, ...], Future[list[Any]]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, docs: list[Any], threshold: float | None, top_k: int | None, explain: bool) -> Future[list[Any]]:
+        """Queue ``docs``; the future gives their Predictions in order (or the error)."""
+        future: Future[list[Any]] = Future()
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="granttag-batcher", daemon=True)
+                    self._thread.start()
+        self._queue.put((docs, (threshold, top_k, explain), future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items, size = [first], len(first[0])
+            while size < self.max_docs:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                items.append(item)
+                size += len(item[0])
+            self._classify(items)
+
+    def _classify(self, items: list[tuple[list[Any], tuple[Any, ...], Future[list[Any]]]]) -> None:
+        try:
+            model = self.holder.get()
+        except BaseException as exc:  # handed to every waiting request
+            for _, _, future in items:
+                future.set_exception(exc)
+            return
+        groups: dict[tuple[Any, ...], list[tuple[list[Any], tuple[Any, ...], Future[list[Any]]]]] = {}
+        for item in items:
+            groups.setdefault(item[1], []).append(item)
+        for (threshold, top_k, explain), group in groups.items():
+            try:
+                predictions = model.predict([d for docs, _, _ in group for d in docs], threshold=threshold, top_k=top_k, explain=explain)
+            except BaseException as exc:  # handed to the requests of this call
+                for _, _, future in group:
+                    future.set_exception(exc)
+                continue
+            start = 0
+            for docs, _, future in group:
+                future.set_result(predictions[start : start + len(docs)])
+                start += len(docs)
+
+    def close(self) -> None:
+        """Stop the thread after the requests already queued."""
+        if self._thread is not None:
+            self._queue.put(None)
 
 
 # --- problems -----------------------------------------------------------
@@ -739,6 +818,7 @@ def create_app(settings: Settings, *, jobs: Any = None) -> FastAPI:
     root = Path(settings.models_dir) if settings.models_dir else models_dir()
     root.mkdir(parents=True, exist_ok=True)
     holder = ModelHolder(root, settings.api_model_check_seconds)
+    batcher = Batcher(holder)
     metrics = Metrics(settings)
     schemas = build_schemas(settings.api_max_text_chars, settings.api_max_batch)
     DocumentIn, BatchDocumentIn, BatchIn, FeedbackIn, JobIn = (
@@ -757,6 +837,7 @@ def create_app(settings: Settings, *, jobs: Any = None) -> FastAPI:
 
         threading.Thread(target=preload, name="granttag-model-load", daemon=True).start()
         yield
+        batcher.close()
 
     app = FastAPI(
         title="granttag",
@@ -768,6 +849,7 @@ def create_app(settings: Settings, *, jobs: Any = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.holder = holder
+    app.state.batcher = batcher
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_body=settings.api_max_body_bytes, max_upload=settings.api_max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -848,11 +930,15 @@ def create_app(settings: Settings, *, jobs: Any = None) -> FastAPI:
 
     # --- classification ---
     @app.post("/v1/classify", response_model=Classification, responses=auth_responses, tags=["classify"])
-    def classify(doc: DocumentIn, role: ClassifyKey, threshold: Threshold = None, top_k: TopK = None, explain: Explain = True) -> Any:  # type: ignore[valid-type]
+    async def classify(doc: DocumentIn, role: ClassifyKey, threshold: Threshold = None, top_k: TopK = None, explain: Explain = True) -> Any:  # type: ignore[valid-type]
         """Classify one document (title, abstract, keywords, program, field; or plain `text`)."""
+        import asyncio
+
         document = _document(doc, "request body", default_id=doc.id or "document")  # type: ignore[attr-defined]
-        model = model_or_503()
-        prediction = model.predict([document], threshold=threshold, top_k=top_k, explain=explain)[0].as_dict()
+        try:
+            prediction = (await asyncio.wrap_future(batcher.submit([document], threshold, top_k, explain)))[0].as_dict()
+        except ModelNotFoundError as exc:
+            raise ApiProblem(503, "No model", str(exc)) from exc
         metrics.tagged.labels("classify").inc()
         return {"id": doc.id, **_answer(taxonomy, prediction)}  # type: ignore[attr-defined]
 
@@ -890,15 +976,18 @@ def create_app(settings: Settings, *, jobs: Any = None) -> FastAPI:
                         "error": {"title": exc.title, "status": exc.status, "detail": exc.detail, "field": field},
                     }
                 )
-        model = model_or_503()
         if docs:
-            predictions = model.predict([d for _, d in docs], threshold=threshold, top_k=top_k, explain=explain)
+            try:
+                predictions = batcher.submit([d for _, d in docs], threshold, top_k, explain).result()
+            except ModelNotFoundError as exc:
+                raise ApiProblem(503, "No model", str(exc)) from exc
             for (i, _), prediction in zip(docs, predictions, strict=True):
                 results[i].update(_answer(taxonomy, prediction.as_dict()))
                 results[i].pop("model_version", None)
             metrics.tagged.labels("batch").inc(len(docs))
         ok = sum(1 for r in results if r["status"] == "ok")
-        return {"model_version": str(model.version), "results": results, "ok": ok, "failed": len(results) - ok}
+        version = predictions[0].model_version if docs else model_or_503().version
+        return {"model_version": str(version), "results": results, "ok": ok, "failed": len(results) - ok}
 
     # --- taxonomy and models ---
     @app.get("/v1/taxonomy", response_model=TaxonomyAnswer, responses=auth_responses, tags=["taxonomy"])

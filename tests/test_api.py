@@ -657,3 +657,78 @@ def test_openapi_documents_every_endpoint(api: TestClient) -> None:
     assert spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]
     assert spec["components"]["schemas"]["DocumentIn"]["properties"]["abstract"]["anyOf"][0]["maxLength"] == 50_000
     assert api.get("/docs").status_code == 200
+
+
+# --- the batcher -----------------------------------------------------------------
+
+
+class _CountingModel:
+    """The session model, counting predict calls."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.calls, self.version = model, 0, model.version
+
+    def predict(self, docs: list[Any], **opts: Any) -> list[Any]:
+        self.calls += 1
+        return self.model.predict(docs, **opts)
+
+
+class _GatedHolder:
+    """A model holder that answers only once the gate opens, so requests pile up meanwhile."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.gate = model, threading.Event()
+
+    def get(self) -> Any:
+        self.gate.wait(60)
+        return self.model
+
+
+def test_batcher_concurrent_requests_answer_as_alone(model: Any) -> None:
+    from classifier.documents import Document
+    from granttag.api import Batcher
+
+    texts = [QUANTUM["abstract"], HUMANITIES["abstract"], "深層学習による画像認識", "水田の収量予測", "津波の早期警報"]
+    docs = [Document(id=str(i), abstract=t) for i, t in enumerate(texts * 4)]
+    options = [(None, None, True), (0.5, None, False), (None, 1, True)]
+    counting = _CountingModel(model)
+    holder = _GatedHolder(counting)
+    batcher = Batcher(holder, max_docs=64)  # type: ignore[arg-type]
+    futures = [(doc, options[i % 3], batcher.submit([doc], *options[i % 3])) for i, doc in enumerate(docs)]
+    holder.gate.set()
+    for doc, (threshold, top_k, explain), future in futures:
+        alone = model.predict([doc], threshold=threshold, top_k=top_k, explain=explain)[0].as_dict()
+        assert future.result(timeout=60)[0].as_dict() == alone
+    # Twenty requests with three option sets: the first alone, the rest in one predict call per option set.
+    assert counting.calls <= 1 + len(options)
+    batcher.close()
+
+
+def test_batcher_model_error_reaches_every_request() -> None:
+    from classifier.documents import Document
+    from classifier.errors import ModelNotFoundError
+    from granttag.api import Batcher
+
+    class NoModel:
+        def get(self) -> Any:
+            raise ModelNotFoundError("no active model")
+
+    batcher = Batcher(NoModel())  # type: ignore[arg-type]
+    futures = [batcher.submit([Document(id=str(i), abstract="x")], None, None, True) for i in range(3)]
+    for future in futures:
+        with pytest.raises(ModelNotFoundError):
+            future.result(timeout=60)
+    batcher.close()
+
+
+def test_classify_without_model_answers_503(tmp_path: Path) -> None:
+    from granttag.api import create_app
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "ACTIVE").write_text("19990101-000000-gone\n")  # names a version that is not there
+    client = TestClient(create_app(make_settings(tmp_path / "models", tmp_path / "data")))
+    r = client.post("/v1/classify", json=QUANTUM, headers=bearer(CLASSIFY))
+    assert r.status_code == 503 and r.json()["title"] == "No model"
+    r = client.post("/v1/classify/batch", json={"documents": [{"id": "a", **QUANTUM}]}, headers=bearer(CLASSIFY))
+    assert r.status_code == 503
+    assert client.get("/readyz").status_code == 503
