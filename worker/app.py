@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 #: Modules whose tasks the worker registers; a retrain module is added here.
-INCLUDE = ["worker.tasks"]
+INCLUDE = ["worker.tasks", "worker.retrain"]
 TAG_QUEUE = "tag"
 TRAIN_QUEUE = "train"
 QUEUES = (TAG_QUEUE, TRAIN_QUEUE)
