@@ -117,6 +117,7 @@ class Model:
         self.prior_keywords = prior_keywords or {}
         self.version = "unsaved"
         self._names: list[tuple[str, str]] | None = None
+        self._priors: dict[str, list[str]] | None = None
         self._tokenizer: Tokenizer | None = None
 
     @property
@@ -192,7 +193,8 @@ class Model:
                 if top_k is not None:
                     picked[kind] = picked[kind][:top_k]
             if explain:
-                self._explain(doc, analysed[i], X[i], picked["domain"] + picked["pillar"], top_terms)
+                row = slice(X.indptr[i], X.indptr[i + 1])
+                self._explain(doc, analysed[i], X.indices[row], X.data[row], picked["domain"] + picked["pillar"], top_terms)
             out.append(
                 Prediction(
                     id=doc.id,
@@ -210,14 +212,20 @@ class Model:
             self._names = [(str(n).partition("__")[0], str(n).partition("__")[2]) for n in self.features.get_feature_names_out()]
         return self._names
 
-    def _explain(self, doc: Document, analysed: Analysed, x: Any, labels: list[LabelScore], top_terms: int) -> None:
+    def _prior_words(self) -> dict[str, list[str]]:
+        if self._priors is None:
+            self._priors = {
+                label: sorted({w.lower() for w in words if w.strip()}, key=len, reverse=True) for label, words in self.prior_keywords.items()
+            }
+        return self._priors
+
+    def _explain(self, doc: Document, analysed: Analysed, cols: np.ndarray, vals: np.ndarray, labels: list[LabelScore], top_terms: int) -> None:
         if not labels:
             return
         names = self._feature_names()
         coef = self.classifier.coef_
         index = {label: j for j, label in enumerate(self.label_ids)}
-        cols, vals = x.indices, x.data
-        locator = _SpanLocator(doc, analysed, self.prior_keywords)
+        locator = _SpanLocator(doc, analysed, self._prior_words())
         for score in labels:
             contrib = vals * coef[index[score.id], cols]
             for k in np.argsort(-contrib):
@@ -230,14 +238,18 @@ class Model:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_names"] = state["_tokenizer"] = None
+        state["_names"] = state["_tokenizer"] = state["_priors"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_names": None, "_tokenizer": None, "_priors": None, **state})
 
 
 class _SpanLocator:
     """Finds where a feature stands in a document's original field text, from its analysis."""
 
     def __init__(self, doc: Document, analysed: Analysed, prior_keywords: dict[str, list[str]]) -> None:
+        """``prior_keywords``: each label's lower-cased taxonomy keywords, longest first."""
         self.doc = doc
         self.analysed = analysed
         self.prior_keywords = prior_keywords
@@ -274,12 +286,11 @@ class _SpanLocator:
             text = getattr(self.doc, block)
             return Evidence(text, block, 0, len(text), weight) if text else None
         if block == "prior":
-            label = term.partition("=")[2]
-            words = sorted((w.lower() for w in self.prior_keywords.get(label, [])), key=len, reverse=True)
+            words = self.prior_keywords.get(term.partition("=")[2], [])
             for name in ("title", "abstract", "keywords"):
-                low = self._field(name)[2]
+                low = self.analysed.norm[name].lower()
                 for w in words:
-                    if w and w in low:
+                    if w in low:
                         return self._at(name, w, weight)
         return None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import platform
 import shutil
 import tempfile
@@ -27,7 +28,8 @@ from classifier.resources import models_dir
 MODEL_FILE = "model.joblib"
 META_FILE = "meta.json"
 ACTIVE_FILE = "ACTIVE"
-FORMAT = 1
+#: Bumped whenever the pickled classes change shape; older files are refused with a message.
+FORMAT = 2
 
 
 def _sha256(path: Path) -> str:
@@ -146,6 +148,10 @@ def load_model(version: str | None = None, root: Path | None = None) -> Any:
     if version is None:
         raise ModelNotFoundError(f"no active model in {root}; train one (`granttag train`) or run `granttag classify` to build the default")
     meta = read_meta(version, root)
+    if meta.get("format") != FORMAT:
+        raise ModelIntegrityError(
+            f"model {version} has format {meta.get('format')!r}, this granttag reads format {FORMAT}; retrain it (`granttag train`)"
+        )
     path = root / version / MODEL_FILE
     expected = (meta.get("files") or {}).get(MODEL_FILE)
     if not path.exists():
@@ -162,21 +168,49 @@ def load_model(version: str | None = None, root: Path | None = None) -> Any:
         raise ModelIntegrityError(
             f"model {version} was built with scikit-learn {built}, this is {sklearn.__version__}; retrain it with this version"
         )
-    model = joblib.load(path)
+    try:
+        model = joblib.load(path)
+    except (AttributeError, ImportError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as exc:
+        raise ModelIntegrityError(f"{path}: cannot be read by this granttag ({exc}); retrain it") from exc
     model.version = version
     return model
+
+
+def corpus_stamp() -> str:
+    """Return a SHA-256 over the taxonomy, crosswalk and corpus files the default model is built from."""
+    from classifier.resources import labels_dir
+
+    h = hashlib.sha256()
+    base = labels_dir()
+    for path in sorted([base / "taxonomy.yaml", base / "crosswalk_kaken.yaml", *(base / "corpus").glob("*.jsonl")]):
+        if path.exists():
+            h.update(path.name.encode() + b"\0" + _sha256(path).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _default_is_current(version: str, root: Path) -> bool:
+    """True unless ``version`` is a default build that is out of date or unreadable by this code."""
+    try:
+        meta = read_meta(version, root)
+    except (ModelNotFoundError, ModelIntegrityError):
+        return False
+    if not (meta.get("default") or meta.get("training_sources") == ["labels/corpus"]):
+        return True  # an operator's model is never replaced behind their back
+    return meta.get("format") == FORMAT and meta.get("default_stamp") == corpus_stamp()
 
 
 def ensure_default_model(echo: Any = None, root: Path | None = None) -> str:
     """Return the active version, building the default model from labels/ if there is none.
 
-    ``echo`` is called with a message when a build starts and ends.
+    The default model is rebuilt, with a message, when the active version is a
+    default build whose training text, taxonomy or model format has changed
+    since. ``echo`` is called with a message when a build starts and ends.
     """
     import fcntl
 
     root = root or models_dir()
     active = active_version(root)
-    if active is not None:
+    if active is not None and _default_is_current(active, root):
         return active
     from classifier.training import train_default
 
@@ -185,9 +219,10 @@ def ensure_default_model(echo: Any = None, root: Path | None = None) -> str:
     with (root / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         active = active_version(root)
-        if active is not None:
+        if active is not None and _default_is_current(active, root):
             return active
-        say(f"No model yet: building the default model from the project's training text into {root} (once, under a minute)...")
+        why = "No model yet" if active is None else f"The default model {active} is out of date"
+        say(f"{why}: building the default model from the project's training text into {root} (once, under a minute)...")
         start = time.monotonic()
         version = train_default(root=root)
         activate(version, root)

@@ -140,8 +140,8 @@ class Tokenizer:
         raw = _CONTENT.findall(out)
         stems = self._stems
         if _HAS_ASCII_LETTER.search(out):
-            for lemma, _ in raw:
-                if lemma not in stems and lemma.isascii() and lemma[:1].isalpha():
+            for lemma in {lemma for lemma, _ in raw}.difference(stems):
+                if lemma.isascii() and lemma[:1].isalpha():
                     stems[lemma] = self._stem(lemma)
         stop = self._stop
         return [(stems.get(lemma, lemma), surface) for lemma, surface in raw if lemma not in stop]

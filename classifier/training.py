@@ -24,6 +24,7 @@ def train_and_save(
     root: Path | None = None,
     sources: list[str] | None = None,
     gold: Path | None = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> str:
     """Train on ``data``, evaluate on ``gold`` if given, save; return the new version name."""
     config = config or ModelConfig()
@@ -37,6 +38,7 @@ def train_and_save(
         "training_seconds": round(seconds, 1),
         "config": config.as_dict(),
         "thresholds": {k: round(float(v), 4) for k, v in zip(model.label_ids, model.thresholds)},
+        **(extra_meta or {}),
     }
     if gold is not None:
         from classifier.evaluation import evaluate_model, load_gold
@@ -47,9 +49,14 @@ def train_and_save(
 
 def train_default(root: Path | None = None) -> str:
     """Train the default model from labels/corpus and save it; return the version."""
+    from classifier.store import corpus_stamp
+
+    stamp = corpus_stamp()
     taxonomy = load_taxonomy()
     data = load_corpus(taxonomy)
-    return train_and_save(data, ModelConfig(n_jobs=2), root, sources=["labels/corpus"])
+    return train_and_save(
+        data, ModelConfig(n_jobs=2), root, sources=["labels/corpus"], extra_meta={"default": True, "default_stamp": stamp}
+    )
 
 
 def train_files(paths: list[Path], with_corpus: bool = False, config: ModelConfig | None = None, root: Path | None = None) -> str:

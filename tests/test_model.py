@@ -177,3 +177,24 @@ def test_clone_of_keyword_prior() -> None:
     assert out.shape == (3, 2) and out[0, 0] > out[0, 1] > 0
     assert out[1].sum() == 0, "an ASCII keyword matches whole words only"
     assert out[2].sum() == 0
+
+
+def test_load_refuses_older_model_format(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    version = store.save_model(model, {}, tmp_path)
+    meta_path = tmp_path / version / store.META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["format"] = store.FORMAT - 1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelIntegrityError, match="format"):
+        store.load_model(version, tmp_path)
+
+
+def test_default_model_is_current_only_for_same_training_text(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stale = store.save_model(model, {"default": True, "default_stamp": "0" * 64}, tmp_path, version="stale")
+    current = store.save_model(model, {"default": True, "default_stamp": store.corpus_stamp()}, tmp_path, version="current")
+    operator = store.save_model(model, {"training_sources": ["mine.csv"]}, tmp_path, version="operator")
+    assert not store._default_is_current(stale, tmp_path)
+    assert store._default_is_current(current, tmp_path)
+    assert store._default_is_current(operator, tmp_path), "an operator's model is never rebuilt behind their back"
+    store.activate(current, tmp_path)
+    assert store.ensure_default_model(root=tmp_path) == current
