@@ -25,6 +25,7 @@ import gzip
 import json
 import random
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from classifier.documents import make_document
 from classifier.errors import InvalidInputError
 from classifier.records import Columns, RawRecord, read_records
 
-CODE = re.compile(r"(?<!\d)(\d{5})(?!\d)")
+CODE = re.compile(r"(?<!\d)(\d{5})(?!\d)", re.ASCII)
 PILLAR_ALWAYS = "science_renaissance"
 PILLAR_WITH_DOMAIN = "strategic_technology"
 
@@ -46,7 +47,7 @@ def parse_code(*values: Any) -> str | None:
     for value in values:
         if value is None:
             continue
-        m = CODE.search(str(value))
+        m = CODE.search(unicodedata.normalize("NFKC", str(value)))  # full-width digits too
         if m:
             return m.group(1)
     return None
@@ -162,8 +163,7 @@ def weak_labels(
                 continue
             fields = dict(rec.fields)
             fields.pop("review_code", None)
-            if not keep_field:
-                fields["field"] = ""
+            fields["field"] = (fields.get("field") or code) if keep_field else ""
             try:
                 doc = make_document(fields, rec.where)
             except InvalidInputError:

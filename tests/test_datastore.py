@@ -267,3 +267,19 @@ def test_datastore_concurrent_add_and_snapshot_never_see_half(tmp_path: Path) ->
     assert len([s for s in sources if s.kind == "file"]) == 24
     assert len({d.id for d in data.docs}) == 24 * 50
     assert len({s.id for s in sources}) == len(sources)
+
+
+def test_datastore_feedback_is_one_active_source(tmp_path: Path) -> None:
+    from classifier.documents import Document
+    from classifier.feedback import append_feedback
+
+    store = DataStore(tmp_path)
+    store.set_active("corpus", False)
+    doc = Document(id="fb1", title="量子センサ", abstract="ダイヤモンドNV中心を用いた量子センシングの実証。")
+    append_feedback(tmp_path, doc, ["semiconductors_comm"], ["science_renaissance"], "editor")
+    append_feedback(tmp_path, doc, ["quantum"], ["science_renaissance"], "editor")  # a later correction of the same document
+    data, sources = store.snapshot()
+    assert [s.id for s in sources] == ["feedback"]
+    assert (len(data), data.domains) == (1, [["quantum"]])
+    store.remove("feedback")
+    assert len(store.snapshot()[0]) == 0
