@@ -189,11 +189,11 @@ def corpus_stamp() -> str:
 
 
 def _default_is_current(version: str, root: Path) -> bool:
-    """True unless ``version`` is a default build that is out of date or unreadable by this code."""
+    """True unless ``version`` is a default build that is out of date or of an older model format."""
     try:
         meta = read_meta(version, root)
     except (ModelNotFoundError, ModelIntegrityError):
-        return False
+        return True  # not a default build we can vouch for: loading it reports the problem
     if not (meta.get("default") or meta.get("training_sources") == ["labels/corpus"]):
         return True  # an operator's model is never replaced behind their back
     return meta.get("format") == FORMAT and meta.get("default_stamp") == corpus_stamp()
