@@ -190,7 +190,7 @@ def build_features(
     """Return the ColumnTransformer over analysed documents.
 
     ``weights`` gives each block's weight: title, abstract, keywords,
-    program, field, prior (0 or absent drops the block).
+    program, field, prior, chars (0 or absent drops the block).
     """
 
     def vec(analyzer: Any, df: int = min_df) -> TfidfVectorizer:
@@ -203,11 +203,15 @@ def build_features(
         "program": lambda: vec(ProgramAnalyzer(), 1),
         "field": lambda: vec(FieldCodeAnalyzer(crosswalk), 1),
         "prior": lambda: KeywordPrior(prior_keywords, crosswalk, crosswalk_weight),
+        # Character 2-3-grams of the whole text, for words the tokenizer splits badly.
+        "chars": lambda: TfidfVectorizer(
+            analyzer="char", ngram_range=(2, 3), min_df=2, max_features=200_000, sublinear_tf=True, dtype=np.float32
+        ),
     }
     blocks = []
     for name, make in makers.items():
         if weights.get(name, 0) and (name != "prior" or prior_keywords):
-            column: Any = [COLUMNS["text"], COLUMNS["field"]] if name == "prior" else COLUMNS[name]
+            column: Any = {"prior": [COLUMNS["text"], COLUMNS["field"]], "chars": COLUMNS["text"]}.get(name, COLUMNS.get(name))
             blocks.append((name, make(), column))
     return ColumnTransformer(
         blocks,

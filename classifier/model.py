@@ -22,7 +22,7 @@ class ModelConfig:
     """Training settings; stored with every model version."""
 
     weights: dict[str, float] = field(
-        default_factory=lambda: {"title": 1.5, "abstract": 1.0, "keywords": 1.0, "program": 1.0, "field": 0.5, "prior": 0.5}
+        default_factory=lambda: {"title": 1.5, "abstract": 1.0, "keywords": 1.0, "program": 1.0, "field": 0.5, "prior": 0.5, "chars": 0.0}
     )
     C: float = 10.0
     class_weight: str | None = "balanced"
