@@ -178,3 +178,16 @@ def test_train_rejects_unknown_labels(tmp_path: Path) -> None:
     res = run("train", str(src))
     assert res.exit_code == 2
     assert "bad.csv line 2" in res.stderr and "warp_drive" in res.stderr
+
+
+def test_cli_import_is_light() -> None:
+    """`granttag --help` must not import the heavy libraries (they load inside commands)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, granttag.cli; heavy = [m for m in ('sklearn', 'fugashi', 'celery', 'fastapi', 'sqlalchemy', 'scipy', 'numpy') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
