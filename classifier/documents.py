@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from classifier.errors import InvalidInputError
+
+# Lone surrogates are what undecodable bytes become under errors="surrogateescape".
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 #: The longest text accepted in one document (title + abstract + keywords), in characters.
 MAX_TEXT_CHARS = 1_000_000
@@ -45,7 +49,7 @@ def _text(value: object, name: str, where: str) -> str:
     if not isinstance(value, (str, int, float)):
         raise InvalidInputError(f"{where}: field {name!r} must be text, not {type(value).__name__}")
     text = str(value)
-    if "\x00" in text or "\ufffd" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+    if "\x00" in text or "\ufffd" in text or _SURROGATE.search(text):
         raise InvalidInputError(
             f"{where}: field {name!r} holds binary or undecodable bytes (save the file as UTF-8 or CP932)"
         )

@@ -254,6 +254,7 @@ class _SpanLocator:
         self.analysed = analysed
         self.prior_keywords = prior_keywords
         self._maps: dict[str, tuple[list[int], list[int], str, dict[str, str]]] = {}
+        self._found: dict[tuple[str, str], Evidence | None] = {}
 
     def _field(self, name: str) -> tuple[list[int], list[int], str, dict[str, str]]:
         if name not in self._maps:
@@ -261,9 +262,8 @@ class _SpanLocator:
             low = norm.lower()
             if len(low) != len(norm):
                 low = norm
-            surfaces: dict[str, str] = {}
-            for feature, surface in self.analysed.pairs.get(name, []):
-                surfaces.setdefault(feature, surface)
+            # dict() keeps the last value of a key: reversed, the first occurrence wins.
+            surfaces = dict(reversed(self.analysed.pairs.get(name, [])))
             self._maps[name] = (starts, ends, low, surfaces)
         return self._maps[name]
 
@@ -277,6 +277,15 @@ class _SpanLocator:
         return Evidence(getattr(self.doc, name)[s:e], name, s, e, weight)
 
     def find(self, block: str, term: str, weight: float) -> Evidence | None:
+        """Return the evidence for feature ``term`` of feature block ``block``, or None if it cannot be placed."""
+        key = (block, term)
+        if key not in self._found:
+            self._found[key] = self._find(block, term)
+        ev = self._found[key]
+        return None if ev is None else Evidence(ev.term, ev.field, ev.start, ev.end, weight)
+
+    def _find(self, block: str, term: str) -> Evidence | None:
+        weight = 0.0
         if block in ("title", "abstract", "keywords"):
             if term.startswith("kw="):
                 return self._at(block, term[3:], weight)
@@ -288,7 +297,7 @@ class _SpanLocator:
         if block == "prior":
             words = self.prior_keywords.get(term.partition("=")[2], [])
             for name in ("title", "abstract", "keywords"):
-                low = self.analysed.norm[name].lower()
+                low = self._field(name)[2]
                 for w in words:
                     if w in low:
                         return self._at(name, w, weight)
