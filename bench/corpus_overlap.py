@@ -70,13 +70,20 @@ def main() -> None:
                     if hit:
                         n = longest_run(t, i, texts[hit[0]], hit[1])
                         if n > best[0]:
-                            best = (n, hit[0], i)
+                            # where the common run starts in t
+                            start = i
+                            j = hit[1]
+                            src_text = texts[hit[0]]
+                            while start > 0 and j > 0 and t[start - 1] == src_text[j - 1]:
+                                start, j = start - 1, j - 1
+                            best = (n, hit[0], start)
                 n, rid, i = best
                 if not n:
                     continue
-                if n >= (120 if t.isascii() else 40):
+                run = t[i : i + n]
+                if n >= (120 if run.isascii() else 40):
                     findings += 1
-                    print(f"{rid} shares {n} characters with a record of {src.name}: {t[i:i + 80]!r}")
+                    print(f"{rid} shares {n} characters with a record of {src.name}: {run[:100]!r}")
                 else:
                     stock += 1
     print(json.dumps({"records_scanned": scanned, "findings": findings, "stock_phrase_matches": stock}))
