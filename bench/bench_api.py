@@ -9,7 +9,7 @@ one-document classification through a Celery task over Redis (a bench-only task
 run by a worker this script starts: the round trip the API would add if it
 sent single documents to the workers).
 
-    python3 bench/bench_api.py [--seconds 20] [--workers 1] [--celery]
+    python3 bench/bench_api.py [--seconds 20] [--workers 1,2] [--celery]
 
 Prints the figures and writes them to bench/results/bench_api.json. The KAKEN
 records are read from ../shared/data at run time and never stored.
@@ -326,7 +326,7 @@ def celery_round_trip(docs: list[dict[str, Any]], seconds: float, levels: list[i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20, help="Measured seconds per concurrency level.")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes.")
+    parser.add_argument("--workers", default="1", help="uvicorn worker processes; a list (1,2) measures each.")
     parser.add_argument("--levels", default="1,10,50", help="Concurrency levels.")
     parser.add_argument("--load-clients", type=int, default=200)
     parser.add_argument("--load-seconds", type=float, default=30)
@@ -339,29 +339,28 @@ def main() -> None:
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform(terse=True)},
         "command": " ".join(["python3", "bench/bench_api.py", *sys.argv[1:]]),
         "payloads": f"{len(docs)} KAKEN records ({CREDIT}), median abstract {median_chars(docs):.0f} chars",
-        "workers": args.workers,
         # This machine is shared with other work; the load average says how much (2 cores).
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     result["model_alone"] = bare_model(docs)
     print(f"model alone (Model.predict, 1 doc): {result['model_alone']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, base = start_server(args.workers, Path(tmp) / "serve.log")
-        try:
-            result["in_process"] = {}
-            for clients in levels:
-                figures = asyncio.run(closed_loop(base, clients, args.seconds, docs))
-                result["in_process"][str(clients)] = figures
-                print(f"in-process {clients:>3} clients: {figures}", flush=True)
-            load = asyncio.run(closed_loop(base, args.load_clients, args.load_seconds, docs, warmup=0))
-            result["load"] = {
-                k: v
-                for k, v in load.items()
-                if k in ("clients", "seconds", "requests", "errors", "rps", "p50_ms", "p99_ms", "error_examples")
-            }
-            print(f"load {args.load_clients} clients {args.load_seconds:.0f} s: {result['load']}", flush=True)
-        finally:
-            stop(proc)
+        result["in_process"], result["load"] = {}, {}
+        for workers in [int(w) for w in args.workers.split(",")]:
+            proc, base = start_server(workers, Path(tmp) / "serve.log")
+            name = f"workers={workers}"
+            try:
+                result["in_process"][name] = {}
+                for clients in levels:
+                    figures = asyncio.run(closed_loop(base, clients, args.seconds, docs))
+                    result["in_process"][name][str(clients)] = figures
+                    print(f"in-process {name} {clients:>3} clients: {figures}", flush=True)
+                load = asyncio.run(closed_loop(base, args.load_clients, args.load_seconds, docs, warmup=0))
+                keep = ("clients", "seconds", "requests", "errors", "rps", "p50_ms", "p99_ms", "error_examples")
+                result["load"][name] = {k: v for k, v in load.items() if k in keep}
+                print(f"load {name} {args.load_clients} clients {args.load_seconds:.0f} s: {result['load'][name]}", flush=True)
+            finally:
+                stop(proc)
         if args.celery:
             result["celery"] = celery_round_trip(docs, args.seconds, levels, Path(tmp))
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
