@@ -29,6 +29,7 @@ class ModelConfig:
     cv: int = 5
     min_df: int = 1
     crosswalk_weight: float = 1.0
+    compounds: bool = False
     seed: int = 0
     n_jobs: int = 1
 
@@ -133,7 +134,7 @@ class Model:
     def tokenizer(self) -> Tokenizer:
         """Return this model's tokenizer (created once per process)."""
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer()
+            self._tokenizer = Tokenizer(compounds=bool(self.config.get("compounds", False)))
         return self._tokenizer
 
     def analyse(self, docs: list[Document]) -> tuple[Any, list[Analysed]]:
@@ -331,7 +332,7 @@ def train_model(
             f"{MIN_POSITIVES} of each (add labeled records, or train together with the project corpus)"
         )
     prior = {label.id: list(label.keywords_ja) + list(label.keywords_en) for label in taxonomy.labels}
-    tokenizer = Tokenizer()
+    tokenizer = Tokenizer(compounds=config.compounds)
     matrix, _ = analyse_documents(docs, tokenizer)
     # A field no training document fills cannot be learned from: leave its block out.
     weights = {

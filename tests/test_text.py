@@ -102,3 +102,12 @@ def test_tokenizer_numbers_and_single_letters_dropped() -> None:
 
 def test_split_keywords() -> None:
     assert split_keywords("a; b、c,d / e") == ["a", "b", "c", "d", "e"]
+
+
+@pytest.mark.parametrize(
+    "text, compound",
+    [("量子ビット制御の研究", "量子ビット制御"), ("超伝導量子回路", "超伝導量子回路"), ("ガスタービンの効率", "ガスタービン")],
+)
+def test_tokenizer_compounds_on_request(text: str, compound: str) -> None:
+    assert compound in Tokenizer(compounds=True).features(text)
+    assert compound not in TOK.features(text)
