@@ -89,7 +89,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cv", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot-only", action="store_true", help="Redraw the PNG from results/learning_curve.json.")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((HERE / "results" / "learning_curve.json").read_text(encoding="utf-8"))
+        corpus_rows = [r for r in saved["rows"] if r["kind"] == "real"]
+        plot(saved["rows"], int(corpus_rows[-1]["examples"]), HERE / "results" / "learning_curve.png")
+        return
     if not (KAKEN.exists() and DEV.exists()):
         sys.exit("needs ../shared/data/kaken and ../shared/eval/dev.jsonl (the project's workplace data)")
     from classifier.bootstrap import weak_labels
@@ -148,6 +154,9 @@ def plot(rows: list[dict[str, object]], corpus_size: int, path: Path) -> None:
         pts = [(r["examples"], r["domains.micro_f1"]) for r in rows if r["kind"] == kind and "domains.micro_f1" in r]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+    full = [r for r in rows if r["kind"] == "real" and r["examples"] == corpus_size and "domains.micro_f1" in r]
+    if full:
+        ax.axhline(float(full[0]["domains.micro_f1"]), color="grey", linestyle=":", label=f"whole corpus alone ({corpus_size:,})")  # type: ignore[arg-type]
     ax.set_xscale("log")
     ax.set_xlabel("labeled examples (log scale)")
     ax.set_ylabel("domain micro-F1 on dev (215 projects)")
