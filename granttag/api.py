@@ -16,6 +16,7 @@ import json
 import logging
 import queue
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -1115,13 +1116,18 @@ def create_app(settings: Settings, *, jobs: Any = None) -> FastAPI:
             raise ApiProblem(
                 422, "Invalid request", f"send the file as multipart/form-data or a source as application/json, not {ctype}", field="body"
             )
-        backend = job_backend.get()
         try:
+            backend = job_backend.get()
             job_id = await anyio.to_thread.run_sync(lambda: backend.start_job(settings, source, retag=retag))
         except GranttagError:
             raise
         except (ConnectionError, OSError) as exc:
             raise ApiProblem(503, "Queue unavailable", f"cannot reach the job queue: {exc}") from exc
+        finally:
+            if ctype == "multipart/form-data":
+                # start_job keeps a file job's records with the job (in Redis, for workers on any machine),
+                # so the upload is not needed afterwards and does not pile up in the data dir.
+                shutil.rmtree(Path(source["path"]).parent, ignore_errors=True)
         state = None
         try:
             state = (await anyio.to_thread.run_sync(lambda: backend.job_status(settings, str(job_id)))).get("state")

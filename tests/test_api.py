@@ -62,10 +62,13 @@ class FakeJobs:
         self.started: list[tuple[dict[str, Any], bool]] = []
         self.cancelled: list[str] = []
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.uploaded = b""
 
     def start_job(self, settings: Any, source: dict[str, Any], *, retag: bool = False, local: bool = False) -> str:
         job_id = f"job{len(self.started) + 1}"
         self.started.append((source, retag))
+        if source.get("kind") == "file":
+            self.uploaded = Path(source["path"]).read_bytes()
         self.jobs[job_id] = {
             "id": job_id,
             "state": "running",
@@ -541,7 +544,8 @@ def test_jobs_upload_starts_job_with_saved_file(api: TestClient) -> None:
     source, retag = api.jobs.started[-1]  # type: ignore[attr-defined]
     assert retag is True
     assert source["kind"] == "file" and source["format"] == "csv" and source["columns"] == {"id": "id"}
-    assert Path(source["path"]).read_bytes() == data
+    assert api.jobs.uploaded == data  # type: ignore[attr-defined]
+    assert not Path(source["path"]).exists()  # the job keeps its records; the upload is removed
     status = api.get(f"/v1/jobs/{job_id}?offset=1&limit=5", headers=bearer(CLASSIFY)).json()
     assert (status["state"], status["total"], status["tagged"], status["failed"]) == ("running", 4, 2, 1)
     assert status["progress"] == 0.75
