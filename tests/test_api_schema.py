@@ -40,7 +40,7 @@ def fuzz_schema(fuzz_app: Any) -> Any:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
 def test_api_schema_fuzzed_requests_conform(case: Any) -> None:
     # The model-activation endpoint would switch the session's model to fuzzed names; they are 404s anyway.
     case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN}"}, checks=CHECKS)
