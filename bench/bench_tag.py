@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000, help="KAKEN records for the comparison runs")
     parser.add_argument("--full", action="store_true", help="also tag every KAKEN record through 2 worker processes")
     parser.add_argument("--skip-local", action="store_true", help="skip the --local runs")
+    parser.add_argument("--repeat", type=int, default=1, help="run every configuration this many times, interleaved; report the median")
     parser.add_argument("--kaken", type=Path, default=KAKEN, help="the KAKEN JSONL.gz (default: ../shared/data/kaken/...)")
     args = parser.parse_args()
     if not args.kaken.exists():
@@ -210,13 +211,21 @@ def main() -> None:
     if not args.skip_local:
         plan += [("local_1", lambda db: run_local(settings, db, 1)), ("local_2", lambda db: run_local(settings, db, 2))]
     plan += [("celery_1", lambda db: run_celery(settings, env, db, 1, tmp)), ("celery_2", lambda db: run_celery(settings, env, db, 2, tmp))]
-    for name, fn in plan:
-        db = copy_db(src, tmp / f"{name}.db")
-        result = fn(db)
+    # Interleaved repeats, so a burst of load on a shared machine does not land on one configuration only.
+    for round_ in range(args.repeat):
+        for name, fn in plan:
+            db = copy_db(src, tmp / f"{name}.db")
+            result = fn(db)
+            db.unlink()
+            print(f"{name:<10} round {round_ + 1}: {result}", file=sys.stderr)
+            runs.setdefault(name, {"all_seconds": []})["all_seconds"].append(result.pop("seconds"))
+            runs[name].update(result)
+    for result in runs.values():
+        times = sorted(result["all_seconds"])
+        result["seconds"] = (
+            times[len(times) // 2] if len(times) % 2 else round((times[len(times) // 2 - 1] + times[len(times) // 2]) / 2, 1)
+        )
         result["records_per_second"] = round(result["total"] / result["seconds"], 1)
-        runs[name] = result
-        print(f"{name:<10} {result}", file=sys.stderr)
-        db.unlink()
     for p in (1, 2):
         if f"local_{p}" in runs:
             runs[f"celery_{p}"]["overhead_vs_local"] = round(runs[f"celery_{p}"]["seconds"] / runs[f"local_{p}"]["seconds"] - 1, 3)
