@@ -214,7 +214,7 @@ def main() -> None:
     # Interleaved repeats, so a burst of load on a shared machine does not land on one configuration only.
     for round_ in range(args.repeat):
         for name, fn in plan:
-            db = copy_db(src, tmp / f"{name}.db")
+            db = copy_db(src, tmp / f"{name}-{round_}.db")
             result = fn(db)
             db.unlink()
             print(f"{name:<10} round {round_ + 1}: {result}", file=sys.stderr)

@@ -279,3 +279,15 @@ def test_models_activate_without_redis_activates_locally(env: Path, model_root: 
     assert f"active model: {version}" in res.output
     assert "activated locally only; not published" in res.output
     assert active_version(model_root) == version
+
+
+def test_tag_local_database_file_replaced_between_jobs(env: Path) -> None:
+    """A long-lived process (a worker, the API) sees a database file replaced under the same path."""
+    db = make_projects_db(env / "p.db", 50)
+    assert run("tag", f"sqlite:///{db}", "--local", "-j", "1").exit_code == 0
+    db.unlink()
+    make_projects_db(db, 60, seed=1)
+    res = run("tag", f"sqlite:///{db}", "--local", "-j", "1")
+    assert res.exit_code == 0, res.output
+    assert "60 tagged, 0 failed, 0 skipped" in res.output
+    assert len({r[0] for r in tag_rows(db)}) == 60

@@ -125,6 +125,12 @@ class SqlJobStore:
 
         return engine(self.url)
 
+    def ensure(self) -> None:
+        """Create the job tables if they are missing."""
+        from worker.sql import schema
+
+        schema(self.url, create=True)
+
     def create(self, job: dict[str, Any], inputs: list[Any] | None) -> None:
         from worker.sql import now
 
@@ -651,6 +657,8 @@ def start_job(
         store = _local_store(settings)
     else:
         store = RedisJobStore(settings)
+    if isinstance(store, SqlJobStore):
+        store.ensure()
     fingerprint = _fingerprint(spec)
     job_id = store.find(fingerprint)
     if job_id is None:
@@ -681,7 +689,7 @@ def _create(settings: Any, store: Any, spec: dict[str, Any], fingerprint: str, *
 
         source = SqlSource(spec["url"], spec["table"], spec["columns"])
         ids, rows, missing = source.ids()
-        schema(spec["dest"])
+        schema(spec["dest"], create=True)
         inputs = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
         job["total"] = rows
         job["pre_failed"] = missing

@@ -67,7 +67,10 @@ def engine(url: str) -> Any:
 
         try:
             if url.startswith("sqlite"):
-                eng = create_engine(url, connect_args={"timeout": 120})
+                from sqlalchemy.pool import NullPool
+
+                # No pooled connections: a long-lived worker must see a database file that was replaced meanwhile.
+                eng = create_engine(url, connect_args={"timeout": 120}, poolclass=NullPool)
 
                 @event.listens_for(eng, "connect")
                 def _connect(dbapi_conn: Any, _: Any) -> None:
@@ -88,11 +91,16 @@ def dispose_engines() -> None:
         if pid == os.getpid():
             eng.dispose()
             del _ENGINES[(pid, url)]
-            _TABLES.pop((pid, url), None)
+    for key in [k for k in _TABLES if k[0] == os.getpid()]:
+        del _TABLES[key]
 
 
-def schema(url: str) -> dict[str, Any]:
-    """Return the granttag tables of the database at ``url``, created if missing."""
+def schema(url: str, *, create: bool = False) -> dict[str, Any]:
+    """Return the granttag tables of the database at ``url``; ``create`` creates those that are missing.
+
+    Tables are created when a job is created or started, not on every use,
+    so a worker never issues DDL in the middle of a chunk.
+    """
     key = (os.getpid(), url)
     if key not in _TABLES:
         from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
@@ -140,8 +148,9 @@ def schema(url: str) -> dict[str, Any]:
                 Column("updated", String(32), nullable=False),
             ),
         }
-        md.create_all(engine(url))
         _TABLES[key] = tables
+    if create:
+        next(iter(_TABLES[key].values())).metadata.create_all(engine(url))
     return _TABLES[key]
 
 
