@@ -156,6 +156,7 @@ def main() -> None:
         if proc.returncode != 0:
             rows.append({"examples": size, "cv": cv, "min_df": min_df, "error": f"exit {proc.returncode}"})
             print(f"{size:>7} examples: failed (exit {proc.returncode})", flush=True)
+            save(info, rows)
             continue
         row = json.loads(out.strip().splitlines()[-1])
         row.update(
@@ -171,6 +172,11 @@ def main() -> None:
             f"(whole run {wall:.1f} s)  peak memory {row['peak_memory_mb']:>6.0f} MB  features {row['features']}",
             flush=True,
         )
+        save(info, rows)  # after every size, so a long run that is stopped keeps what it measured
+
+
+def save(info: dict[str, object], rows: list[dict[str, object]]) -> None:
+    """Write bench/results/train_scale.json."""
     result = {"machine": info, "data": f"labels/corpus + KAKEN weak labels; {CREDIT}", "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "train_scale.json").write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from classifier.bootstrap import parse_code, weak_label, weak_labels
 from classifier.corpus import load_crosswalk
 from classifier.errors import InvalidInputError
-from tests.test_retrain import make_split
+from tests.test_retrain import TRAIN, make_split
 
 CROSSWALK = {"21010": ["energy_gx", "ocean"], "27040": ["bio_health"], "01010": []}
 
@@ -129,7 +129,7 @@ def test_cli_bootstrap_trains_with_labeled_data_and_gates(tmp_path: Path, monkey
     assert "60 records read: 36 weakly labeled" in res.output
     version = res.stdout.strip().splitlines()[-1]
     meta = store.read_meta(version, models)
-    assert meta["training_records"] == 450 + 36
+    assert meta["training_records"] == TRAIN + 36
     assert store.active_version(models) is None  # no holdout: saved, not activated
     assert len(weak_out.read_text(encoding="utf-8").splitlines()) == 36
     res = CliRunner().invoke(

@@ -52,7 +52,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture
 def env(split: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Own model store (a weak model active), data store (the 450 training records), Redis database 14."""
+    """Own model store (a weak model active), data store (the training records), Redis database 14."""
     from classifier import store
     from classifier.datastore import DataStore
     from classifier.training import train_and_save
