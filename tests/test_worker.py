@@ -48,7 +48,16 @@ def _redis_answers() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _redis_answers(), reason="needs Redis on 127.0.0.1:6379 (started by .ci/run)")
+def _redis_up(seconds: float = 15) -> bool:
+    """Whether Redis answers, waiting a little: another test run on the machine may be restarting it."""
+    for _ in range(int(seconds * 10)):
+        if _redis_answers():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+pytestmark = pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379 (started by .ci/run)")
 
 
 @pytest.fixture(scope="module")
