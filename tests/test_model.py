@@ -198,3 +198,17 @@ def test_default_model_is_current_only_for_same_training_text(model, tmp_path: P
     assert store._default_is_current(operator, tmp_path), "an operator's model is never rebuilt behind their back"
     store.activate(current, tmp_path)
     assert store.ensure_default_model(root=tmp_path) == current
+
+
+def test_block_transform_equals_column_transformer(model) -> None:  # type: ignore[no-untyped-def]
+    from classifier.features import analyse_documents
+
+    docs = [
+        Document("a", title="量子センサー", abstract="ダイヤモンドNV中心による磁場計測", keywords="量子; センサ", program="基盤研究(B)", field="小区分24010:航空宇宙工学関連"),
+        Document("b", abstract="Coral reef monitoring from satellites", program="NSF Directorate For Geosciences"),
+    ]
+    matrix, _ = analyse_documents(docs, model.tokenizer())
+    fast = model._transform(matrix)
+    slow = model.features.transform(matrix)
+    assert fast.shape == slow.shape
+    assert np.allclose(fast.toarray(), slow.toarray())
