@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.documents import Document, make_document
-from classifier.errors import InvalidInputError, TaxonomyError, TrainingDataError
+from classifier.errors import InvalidInputError, TrainingDataError
 from classifier.records import Columns, read_records
 from classifier.resources import labels_dir
 from classifier.taxonomy import Taxonomy
@@ -70,18 +70,10 @@ def _label_list(value: Any) -> list[str]:
 
 
 def _resolve(names: list[str], kind: str, taxonomy: Taxonomy, where: str) -> list[str]:
-    ids = []
-    for name in names:
-        try:
-            label = taxonomy.resolve(name)
-        except TaxonomyError as exc:
-            raise InvalidInputError(f"{where}: {exc}") from None
-        if label.kind != kind:
-            raise InvalidInputError(f"{where}: {name!r} is a {label.kind}, listed under {kind}s")
-        if label.id not in ids:
-            ids.append(label.id)
-    order = taxonomy.ids(kind)
-    return sorted(ids, key=order.index)
+    ids, problems = taxonomy.resolve_ids(names, kind)
+    if problems:
+        raise InvalidInputError(f"{where}: {problems[0][1]}")
+    return ids
 
 
 def load_labeled(paths: list[Path], taxonomy: Taxonomy, columns: Columns | None = None) -> LabeledSet:

@@ -47,19 +47,10 @@ def check_labels(domains: list[str], pillars: list[str], taxonomy: Taxonomy) -> 
     """
     out: dict[str, list[str]] = {}
     for kind, names in (("domain", domains), ("pillar", pillars)):
-        ids: list[str] = []
-        for i, name in enumerate(names):
-            field = f"{kind}s[{i}]"
-            try:
-                label = taxonomy.resolve(name)
-            except Exception as exc:  # TaxonomyError: re-raised as a field error
-                raise InvalidInputError(f"{field}: {exc}") from exc
-            if label.kind != kind:
-                raise InvalidInputError(f"{field}: {name!r} is a {label.kind}, not a {kind}")
-            if label.id not in ids:
-                ids.append(label.id)
-        order = taxonomy.ids(kind)
-        out[kind] = sorted(ids, key=order.index)
+        out[kind], problems = taxonomy.resolve_ids(names, kind)
+        if problems:
+            i, reason = problems[0]
+            raise InvalidInputError(f"{kind}s[{i}]: {reason}")
     if not out["pillar"]:
         raise InvalidInputError("pillars: at least one pillar is needed; every project serves one")
     return out["domain"], out["pillar"]

@@ -88,6 +88,29 @@ class Taxonomy:
             return self._by_name[key]
         raise TaxonomyError(f"unknown label {name!r}: use an id of the labeling guide, e.g. 'quantum', or a name such as '量子'")
 
+    def resolve_ids(self, names: list[str], kind: str) -> tuple[list[str], list[tuple[int, str]]]:
+        """Resolve label names of one kind ("domain" or "pillar") to unique ids in the plan's order.
+
+        Returns ``(ids, problems)``: each problem is the position of a name
+        that is unknown or of the other kind, with the reason. Callers decide
+        whether a problem stops them (training data, feedback) or is collected
+        (validation reports).
+        """
+        ids: list[str] = []
+        problems: list[tuple[int, str]] = []
+        for i, name in enumerate(names):
+            try:
+                label = self.resolve(name)
+            except TaxonomyError as exc:
+                problems.append((i, str(exc)))
+                continue
+            if label.kind != kind:
+                problems.append((i, f"{name!r} is a {label.kind}, listed under {kind}s"))
+            elif label.id not in ids:
+                ids.append(label.id)
+        order = self.ids(kind)
+        return sorted(ids, key=order.index), problems
+
 
 def _name_key(name: str) -> str:
     import unicodedata

@@ -31,7 +31,7 @@ from typing import Any
 
 from classifier.corpus import LabeledSet, _label_list
 from classifier.documents import make_document
-from classifier.errors import InvalidInputError, TaxonomyError
+from classifier.errors import InvalidInputError
 from classifier.records import Columns, read_records
 from classifier.taxonomy import Taxonomy
 
@@ -113,21 +113,8 @@ def text_key(title: str, abstract: str) -> str:
 
 
 def _resolve(names: list[str], kind: str, taxonomy: Taxonomy) -> tuple[list[str], list[str]]:
-    ids: list[str] = []
-    errors: list[str] = []
-    for name in names:
-        try:
-            label = taxonomy.resolve(name)
-        except TaxonomyError:
-            errors.append(f"unknown {kind} {name!r} (use an id of the labeling guide such as 'quantum', or a name such as '量子')")
-            continue
-        if label.kind != kind:
-            errors.append(f"{name!r} is a {label.kind}, listed under {kind}s")
-            continue
-        if label.id not in ids:
-            ids.append(label.id)
-    order = taxonomy.ids(kind)
-    return sorted(ids, key=order.index), errors
+    ids, problems = taxonomy.resolve_ids(names, kind)
+    return ids, [reason for _, reason in problems]
 
 
 def read_labeled(paths: list[Path], taxonomy: Taxonomy, columns: Columns | None = None) -> ValidationReport:

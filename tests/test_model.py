@@ -212,3 +212,11 @@ def test_block_transform_equals_column_transformer(model) -> None:  # type: igno
     slow = model.features.transform(matrix)
     assert fast.shape == slow.shape
     assert np.allclose(fast.toarray(), slow.toarray())
+
+
+def test_taxonomy_resolve_ids_orders_dedupes_and_reports() -> None:
+    tax = load_taxonomy()
+    ids, problems = tax.resolve_ids(["宇宙", "quantum", "Space", "warp", "governance"], "domain")
+    assert ids == ["quantum", "space"]
+    assert [i for i, _ in problems] == [3, 4]
+    assert "warp" in problems[0][1] and "is a pillar" in problems[1][1]
