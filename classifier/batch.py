@@ -21,6 +21,8 @@ class Outcome:
     where: str
     prediction: dict[str, Any] | None = None
     error: str | None = None
+    #: The outcome already written out by ``render`` in the process that classified it.
+    rendered: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -46,10 +48,15 @@ def to_documents(records: Iterable[RawRecord]) -> Iterator[tuple[RawRecord, Docu
 
 _WORKER_MODEL: Any = None
 _WORKER_OPTS: dict[str, Any] = {}
+_WORKER_RENDER: Callable[[dict[str, Any]], str] | None = None
 
 
-def _predict_chunk(docs: list[Document]) -> list[dict[str, Any]]:
-    return [p.as_dict() for p in _WORKER_MODEL.predict(docs, **_WORKER_OPTS)]
+def _predict_chunk(docs: list[Document]) -> list[Any]:
+    preds = [p.as_dict() for p in _WORKER_MODEL.predict(docs, **_WORKER_OPTS)]
+    if _WORKER_RENDER is None:
+        return preds
+    # Rendered where it was classified: the parent process only writes strings out.
+    return [_WORKER_RENDER({**p, "status": "ok"}) for p in preds]
 
 
 def classify_records(
@@ -59,16 +66,20 @@ def classify_records(
     jobs: int = 1,
     chunk_size: int = 500,
     progress: Callable[[int], None] | None = None,
+    render: Callable[[dict[str, Any]], str] | None = None,
     **predict_opts: Any,
 ) -> Iterator[Outcome]:
     """Yield one Outcome per input record, in input order.
 
     Records are classified in chunks; with ``jobs`` > 1 the chunks go to
     forked worker processes that share the loaded model. ``progress`` is
-    called with the number of records finished after each chunk.
+    called with the number of records finished after each chunk. With
+    ``render``, each tagged record's dict (as :meth:`Outcome.as_dict` gives
+    it) is turned into text by the process that classified it, and the
+    Outcome carries that text in ``rendered`` instead of ``prediction``.
     """
-    global _WORKER_MODEL, _WORKER_OPTS
-    _WORKER_MODEL, _WORKER_OPTS = model, predict_opts
+    global _WORKER_MODEL, _WORKER_OPTS, _WORKER_RENDER
+    _WORKER_MODEL, _WORKER_OPTS, _WORKER_RENDER = model, predict_opts, render
 
     def chunks() -> Iterator[list[tuple[RawRecord, Document | None, str | None]]]:
         buf: list[tuple[RawRecord, Document | None, str | None]] = []
@@ -80,12 +91,14 @@ def classify_records(
         if buf:
             yield buf
 
-    def emit(chunk: list[tuple[RawRecord, Document | None, str | None]], preds: list[dict[str, Any]]) -> Iterator[Outcome]:
+    def emit(chunk: list[tuple[RawRecord, Document | None, str | None]], preds: list[Any]) -> Iterator[Outcome]:
         it = iter(preds)
         for rec, doc, err in chunk:
             rid = doc.id if doc is not None else str(rec.raw_id or "")
             if doc is None:
                 yield Outcome(rid, rec.where, error=err)
+            elif render is not None:
+                yield Outcome(rid, rec.where, rendered=next(it))
             else:
                 yield Outcome(rid, rec.where, prediction=next(it))
         if progress:

@@ -1,11 +1,19 @@
-"""Model versions on disk: joblib files behind a SHA-256 manifest, one version marked active.
+"""Model versions on disk behind a SHA-256 manifest, one version marked active.
 
-A version is a directory ``models/<version>/`` holding ``model.joblib`` and
-``meta.json``, whose ``files`` entry is the manifest: the SHA-256 of every
-file. A model is unpickled only after its checksum matches (issue 2). skops
-was measured first: its JSON schema for the TF-IDF vocabularies made a 60 MB
-file that took seconds to load, too slow for a command-line start-up. It is written under a temporary name and renamed into place;
-the active version's name is in ``models/ACTIVE``.
+A version is a directory ``models/<version>/`` holding ``meta.json``, whose
+``files`` entry is the manifest (the SHA-256 of every other file), and:
+
+- ``scorer.npz`` and ``scorer.json``: what prediction needs, as NumPy arrays
+  (read with ``allow_pickle=False``) and JSON. :func:`load_model` reads only
+  these, so classifying unpickles nothing and imports no scikit-learn.
+- ``model.joblib``: the fitted scikit-learn pipeline, for inspection and as
+  the reference the scorer is tested against; :func:`load_pipeline` unpickles
+  it, only after its checksum matches (issue 2). skops was measured first:
+  its JSON schema for the TF-IDF vocabularies made a 60 MB file that took
+  seconds to load.
+
+A version is written under a temporary name and renamed into place; the
+active version's name is in ``models/ACTIVE``.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from classifier.resources import models_dir
 MODEL_FILE = "model.joblib"
 META_FILE = "meta.json"
 ACTIVE_FILE = "ACTIVE"
-#: Bumped whenever the pickled classes change shape; older files are refused with a message.
-FORMAT = 2
+#: Bumped whenever the files change shape; older versions are refused with a message.
+FORMAT = 3
 
 
 def _sha256(path: Path) -> str:
@@ -45,7 +53,12 @@ def _versions() -> dict[str, str]:
     import scipy
     import sklearn
 
-    return {"scikit-learn": sklearn.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__, "python": platform.python_version()}
+    return {
+        "scikit-learn": sklearn.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -69,6 +82,7 @@ def save_model(model: Any, meta: dict[str, Any], root: Path | None = None, versi
     try:
         model.version = version
         joblib.dump(model, tmp / MODEL_FILE, compress=0)
+        names = [MODEL_FILE, *model.scorer().save(tmp)]
         full = {
             "format": FORMAT,
             "version": version,
@@ -76,7 +90,7 @@ def save_model(model: Any, meta: dict[str, Any], root: Path | None = None, versi
             "libraries": _versions(),
             **meta,
             "taxonomy_version": model.taxonomy_version,
-            "files": {MODEL_FILE: _sha256(tmp / MODEL_FILE)},
+            "files": {name: _sha256(tmp / name) for name in names},
         }
         (tmp / META_FILE).write_text(json.dumps(full, ensure_ascii=False, indent=2), encoding="utf-8")
         os.rename(tmp, final)
@@ -131,16 +145,8 @@ def activate(version: str, root: Path | None = None) -> None:
     _atomic_write(root / ACTIVE_FILE, version + "\n")
 
 
-def load_model(version: str | None = None, root: Path | None = None) -> Any:
-    """Load a version (default: the active one) after checking it.
-
-    Raises ModelNotFoundError if it does not exist, ModelIntegrityError if its
-    checksum does not match, it was built for another taxonomy version or an
-    incompatible scikit-learn.
-    """
-    import joblib
-    import sklearn
-
+def _checked(version: str | None, root: Path | None, files: tuple[str, ...]) -> tuple[str, Path, dict[str, Any]]:
+    """Resolve ``version`` and check its format, taxonomy and the hashes of ``files``; return (version, directory, meta)."""
     from classifier.taxonomy import load_taxonomy
 
     root = root or models_dir()
@@ -152,22 +158,54 @@ def load_model(version: str | None = None, root: Path | None = None) -> Any:
         raise ModelIntegrityError(
             f"model {version} has format {meta.get('format')!r}, this granttag reads format {FORMAT}; retrain it (`granttag train`)"
         )
-    path = root / version / MODEL_FILE
-    expected = (meta.get("files") or {}).get(MODEL_FILE)
-    if not path.exists():
-        raise ModelIntegrityError(f"{path}: the model file is missing")
-    if not expected or _sha256(path) != expected:
-        raise ModelIntegrityError(f"{path}: checksum does not match meta.json; the file was changed or damaged. Retrain or restore it")
+    for name in files:
+        path = root / version / name
+        expected = (meta.get("files") or {}).get(name)
+        if not path.exists():
+            raise ModelIntegrityError(f"{path}: the model file is missing")
+        if not expected or _sha256(path) != expected:
+            raise ModelIntegrityError(f"{path}: checksum does not match meta.json; the file was changed or damaged. Retrain or restore it")
     taxonomy = load_taxonomy()
     if meta.get("taxonomy_version") != taxonomy.version:
         raise ModelIntegrityError(
             f"model {version} was built for taxonomy {meta.get('taxonomy_version')!r}, the installed taxonomy is {taxonomy.version!r}; retrain it"
         )
+    return version, root / version, meta
+
+
+def load_model(version: str | None = None, root: Path | None = None) -> Any:
+    """Load a version (default: the active one) for prediction, after checking it.
+
+    Returns a :class:`classifier.scorer.Scorer` (``predict``,
+    ``predict_proba``, ``label_ids``, ``thresholds``, ``version``). Reads
+    only JSON and NumPy arrays, never a pickle. Raises ModelNotFoundError if
+    the version does not exist, ModelIntegrityError if a checksum does not
+    match, it was built for another taxonomy version or an older format.
+    """
+    from classifier.scorer import ARRAYS_FILE, TABLES_FILE, Scorer
+
+    version, directory, _ = _checked(version, root, (ARRAYS_FILE, TABLES_FILE))
+    scorer = Scorer.load(directory)
+    scorer.version = version
+    return scorer
+
+
+def load_pipeline(version: str | None = None, root: Path | None = None) -> Any:
+    """Load a version's fitted scikit-learn model (:class:`classifier.model.Model`), after checking it.
+
+    Raises as :func:`load_model` does, and ModelIntegrityError for a model
+    built with another scikit-learn minor version or an unreadable pickle.
+    """
+    import joblib
+    import sklearn
+
+    version, directory, meta = _checked(version, root, (MODEL_FILE,))
     built = str((meta.get("libraries") or {}).get("scikit-learn", ""))
     if built.split(".")[:2] != sklearn.__version__.split(".")[:2]:
         raise ModelIntegrityError(
             f"model {version} was built with scikit-learn {built}, this is {sklearn.__version__}; retrain it with this version"
         )
+    path = directory / MODEL_FILE
     try:
         model = joblib.load(path)
     except (AttributeError, ImportError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as exc:

@@ -152,7 +152,8 @@ def _load_taxonomy_cached(path_str: str) -> Taxonomy:
 
     path = Path(path_str)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's loader when built in: every classify command reads this file (issue 2).
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError as exc:
         raise TaxonomyError(f"taxonomy file not found: {path}") from exc
     except yaml.YAMLError as exc:

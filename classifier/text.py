@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +25,13 @@ _JA_STOP = frozenset(
     "さらに 更に 又 及び 並びに 若しくは 或いは 即ち 特に 同時 現在 以上 以下 場合 対象 課題 問題 提案".split()
 )
 # Whitespace and control characters become a single space, one for one, so offsets are kept.
-_SPACE_TABLE = {c: " " for c in range(0, 32)} | {0x7F: " ", 0x85: " ", 0x2028: " ", 0x2029: " "}
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 _COMBINING_HALFWIDTH = ("\uff9e", "\uff9f")
 
 
 def normalize(text: str) -> str:
     """Return NFKC-normalised text with control characters replaced by spaces."""
-    return unicodedata.normalize("NFKC", text).translate(_SPACE_TABLE)
+    return _CONTROL.sub(" ", unicodedata.normalize("NFKC", text))
 
 
 def normalize_with_offsets(text: str) -> tuple[str, list[int], list[int]]:
@@ -73,20 +74,27 @@ class Token:
     end: int
 
 
-# One MeCab line per morpheme: pos1, pos2, lemma (the surface for unknown words), surface.
-_NODE_FORMAT = r'-F "%f[0]\t%f[1]\t%f[7]\t%m\n" -U "%f[0]\t%f[1]\t%m\t%m\n" -E ""'
+# MeCab output formats. Counting (the hot path) needs pos1, pos2 and the lemma (the
+# surface for unknown words); explanations also need surfaces, and run a second tagger
+# only for the few terms they cannot place directly (issue 2: every byte MeCab writes
+# is read again by Python).
+_COUNT_FORMAT = r'-F "%f[0]\t%f[1]\t%f[7]\n" -U "%f[0]\t%f[1]\t%m\n" -E ""'
+_SURFACE_FORMAT = r'-F "%f[0]\t%f[1]\t%f[7]\t%m\n" -U "%f[0]\t%f[1]\t%m\t%m\n" -E ""'
 # Content words: nouns other than numerals, verbs, adjectives, adjectival nouns. The
-# regular expression picks (lemma, surface) of those lines in C, so no Python code runs
-# per particle or symbol.
-_CONTENT = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\t\n]*)\t([^\n]*)$", re.M)
+# regular expressions pick the lemma (and surface) of those lines in C, so no Python
+# code runs per particle or symbol.
+_CONTENT = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\n]*)$", re.M)
+_CONTENT_SURFACE = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\t\n]*)\t([^\n]*)$", re.M)
 # unidic lemmas of loanwords carry an English gloss: "コンピューター-computer".
-_GLOSS = re.compile(r"(?<=[^\t\n])-[a-z][^\t\n]*(?=\t)")
-_HAS_ASCII_LETTER = re.compile(r"[a-z]")
+_GLOSS = re.compile(r"(?<=.)-[A-Za-z].*")
 # Runs of two or more nouns, prefixes and suffixes: compound nouns (量子+ビット+制御).
 _NOUN_RUN = re.compile(r"(?:^(?:名詞\t(?!数詞)|接頭辞\t|接尾辞\t)[^\n]*\n){2,}", re.M)
+#: Distinct lemmas a tokenizer remembers the feature of before starting over.
+_CACHE_LIMIT = 500_000
 
 
-def _english_stop() -> frozenset[str]:
+def english_stop_words() -> frozenset[str]:
+    """Return the English words that are never features (scikit-learn's list and research boilerplate)."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     extra = {"study", "research", "project", "propose", "proposed", "using", "based", "use", "used"}
@@ -96,60 +104,117 @@ def _english_stop() -> frozenset[str]:
 class Tokenizer:
     """Japanese/English tokenizer over fugashi + unidic-lite; holds configuration only.
 
-    MeCab runs once over the whole normalised text with a compact node format
-    and its output is read as one string (issue 2: per-token feature objects
-    run at a quarter of MeCab's speed). Japanese content words become lemmas,
-    ASCII words lower-cased Snowball stems. ``compounds`` adds compound nouns
+    MeCab runs once over the whole lower-cased normalised text with a compact
+    node format and its output is read as one string (issue 2: per-token
+    feature objects run at a quarter of MeCab's speed). Japanese content words
+    become lemmas, ASCII words Snowball stems. The feature of each distinct
+    lemma is worked out once and remembered. ``compounds`` adds compound nouns
     (runs of two to four nouns, written together) as extra features; off by
-    default because it lowered dev-set F1. The tagger is created on first use
-    in each process and dropped when pickled (fugashi#54).
+    default because it lowered dev-set F1. ``english_stop`` is the English
+    stop list (default: :func:`english_stop_words`; a saved model carries its
+    own, so classifying needs no scikit-learn). Taggers are created on first
+    use in each process and dropped when pickled (fugashi#54).
     """
 
-    def __init__(self, compounds: bool = False) -> None:
+    def __init__(self, compounds: bool = False, english_stop: frozenset[str] | None = None) -> None:
         self.compounds = compounds
+        self.english_stop = english_stop
         self._tagger: Any = None
-        self._stems: dict[str, str] = {}
+        self._surface_tagger: Any = None
+        self._features: dict[str, str | None] = {}
         self._stop: frozenset[str] = frozenset()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"compounds": self.compounds}
+        return {"compounds": self.compounds, "english_stop": self.english_stop}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(compounds=state.get("compounds", False))  # type: ignore[misc]
+        self.__init__(compounds=state.get("compounds", False), english_stop=state.get("english_stop"))  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"Tokenizer(compounds={self.compounds})"
 
+    def _setup(self) -> None:
+        import snowballstemmer
+
+        if self.english_stop is None:
+            self.english_stop = english_stop_words()
+        self._stem = snowballstemmer.stemmer("english").stemWord
+        self._stop = _JA_STOP | self.english_stop
+
+    def _make_tagger(self, node_format: str) -> Any:
+        import fugashi
+        import unidic_lite
+
+        if not self._stop:
+            self._setup()
+        # unidic-lite's dicrc sets output-format-type; -O "" clears it so our format applies.
+        return fugashi.GenericTagger(f'-r /dev/null -d "{unidic_lite.DICDIR}" -O "" {node_format}')
+
     def _get_tagger(self) -> Any:
         if self._tagger is None:
-            import fugashi
-            import snowballstemmer
-            import unidic_lite
-
-            # unidic-lite's dicrc sets output-format-type; -O "" clears it so our format applies.
-            self._tagger = fugashi.GenericTagger(f'-r /dev/null -d "{unidic_lite.DICDIR}" -O "" {_NODE_FORMAT}')
-            self._stem = snowballstemmer.stemmer("english").stemWord
-            self._stop = _JA_STOP | _english_stop()
+            self._tagger = self._make_tagger(_COUNT_FORMAT)
         return self._tagger
+
+    def feature(self, lemma: str) -> str | None:
+        """The feature of a lemma (gloss stripped, English stemmed), or None for a stop word."""
+        feature = self._features.get(lemma, "")
+        if feature == "":
+            if not self._stop:
+                self._setup()
+            word = lemma
+            if "-" in word:
+                word = _GLOSS.sub("", word)
+            word = unicodedata.normalize("NFKC", word).lower()
+            if word in self._stop or not word:
+                feature = None
+            elif word.isascii() and word[:1].isalpha():
+                feature = self._stem(word)
+            else:
+                feature = word
+            if len(self._features) >= _CACHE_LIMIT:
+                self._features.clear()
+            self._features[lemma] = feature
+        return feature
+
+    def lemma_counts(self, norm: str) -> Counter[str]:
+        """Return MeCab's content-word lemmas of normalised text with their counts, before :meth:`feature` maps them.
+
+        Not for a tokenizer with ``compounds`` (compound nouns need surfaces). Empty text gives an empty Counter.
+        """
+        if not norm or norm.isspace():
+            return Counter()
+        return Counter(_CONTENT.findall(self._get_tagger().parse(norm.lower())))
+
+    def counts(self, norm: str) -> dict[str, int]:
+        """Return each feature of normalised text with how often it occurs.
+
+        Raises nothing; empty text gives {}.
+        """
+        out: dict[str, int] = {}
+        if self.compounds:
+            for feature, _ in self.pairs(norm):
+                out[feature] = out.get(feature, 0) + 1
+            return out
+        feature_of = self.feature
+        for lemma, n in self.lemma_counts(norm).items():
+            feature = feature_of(lemma)
+            if feature is not None:
+                out[feature] = out.get(feature, 0) + n
+        return out
 
     def pairs(self, norm: str) -> list[tuple[str, str]]:
         """Return (feature, surface) for each content word of normalised text, in order.
 
-        Surfaces are lower-cased. Raises nothing; empty text gives [].
+        Surfaces are lower-cased; the features are those :meth:`counts` counts.
+        Raises nothing; empty text gives [].
         """
         if not norm or norm.isspace():
             return []
-        out = self._get_tagger().parse(norm).lower()
-        if "-" in out:
-            out = _GLOSS.sub("", out)
-        raw = _CONTENT.findall(out)
-        stems = self._stems
-        if _HAS_ASCII_LETTER.search(out):
-            for lemma in {lemma for lemma, _ in raw}.difference(stems):
-                if lemma.isascii() and lemma[:1].isalpha():
-                    stems[lemma] = self._stem(lemma)
-        stop = self._stop
-        pairs = [(stems.get(lemma, lemma), surface) for lemma, surface in raw if lemma not in stop]
+        if self._surface_tagger is None:
+            self._surface_tagger = self._make_tagger(_SURFACE_FORMAT)
+        out = self._surface_tagger.parse(norm.lower())
+        feature_of = self.feature
+        pairs = [(f, surface) for lemma, surface in _CONTENT_SURFACE.findall(out) if (f := feature_of(lemma)) is not None]
         if self.compounds:
             for block in _NOUN_RUN.findall(out + "\n"):
                 parts = [line.rsplit("\t", 1)[-1] for line in block.splitlines()]
@@ -159,7 +224,7 @@ class Tokenizer:
         return pairs
 
     def features(self, text: str) -> list[str]:
-        """Return the feature strings of ``text``."""
+        """Return the feature strings of ``text``, in order."""
         return [f for f, _ in self.pairs(normalize(text))]
 
     def analyze(self, text: str, *, normalized: bool = False) -> list[Token]:
@@ -188,4 +253,3 @@ _KW_SPLIT = re.compile(r"\s*[;；、,，/|]\s*|\n")
 def split_keywords(value: str) -> list[str]:
     """Split a keyword string on ; 、 , / | or newlines."""
     return [k for k in _KW_SPLIT.split(value) if k.strip()]
-

@@ -165,9 +165,12 @@ def _classify_files(
         bar = tqdm(total=len(records), unit="rec", file=sys.stderr, disable=None)
     try:
         for outcome in classify_records(
-            model, records, jobs=jobs or os.cpu_count() or 1, progress=bar.update if bar else None, **opts
+            model, records, jobs=jobs or os.cpu_count() or 1, progress=bar.update if bar else None, render=writer.renderer(), **opts
         ):
-            writer.write(outcome.as_dict())
+            if outcome.rendered is not None:
+                writer.write_text(outcome.rendered)
+            else:
+                writer.write(outcome.as_dict())
             if outcome.ok:
                 counts["tagged"] += 1
             else:

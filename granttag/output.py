@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,18 +62,23 @@ class Writer:
             self._csv = csv.DictWriter(self._fh, CSV_COLUMNS, delimiter="\t" if fmt == "tsv" else ",")
             self._csv.writeheader()
 
+    def renderer(self) -> Callable[[dict[str, Any]], str] | None:
+        """Return a function giving an outcome's exact text in this format (None for XLSX), to run in worker processes."""
+        if self.fmt == "xlsx":
+            return None
+        return partial(render, self.fmt)
+
     def write(self, outcome: dict[str, Any]) -> None:
-        if self.fmt == "jsonl":
-            assert self._fh is not None
-            self._fh.write(json.dumps(outcome, ensure_ascii=False) + "\n")
-        elif self.fmt in ("csv", "tsv"):
-            self._csv.writerow(flat_row(outcome))
-        elif self.fmt == "xlsx":
+        if self.fmt == "xlsx":
             row = flat_row(outcome)
             self._sheet.append([row[c] for c in CSV_COLUMNS])
-        else:  # table
-            assert self._fh is not None
-            self._fh.write(table_line(outcome) + "\n")
+        else:
+            self.write_text(render(self.fmt, outcome))
+
+    def write_text(self, text: str) -> None:
+        """Write an outcome already rendered by :meth:`renderer`."""
+        assert self._fh is not None
+        self._fh.write(text)
 
     def close(self) -> None:
         if self._book is not None and self.path is not None:
@@ -79,6 +87,17 @@ class Writer:
             self._fh.close()
         elif self._fh is not None:
             self._fh.flush()
+
+
+def render(fmt: str, outcome: dict[str, Any]) -> str:
+    """Return one outcome as text in ``fmt`` (jsonl, csv, tsv or table), ending with a newline."""
+    if fmt == "jsonl":
+        return json.dumps(outcome, ensure_ascii=False) + "\n"
+    if fmt in ("csv", "tsv"):
+        buf = io.StringIO()
+        csv.DictWriter(buf, CSV_COLUMNS, delimiter="\t" if fmt == "tsv" else ",").writerow(flat_row(outcome))
+        return buf.getvalue()
+    return table_line(outcome) + "\n"
 
 
 def table_line(outcome: dict[str, Any]) -> str:

@@ -35,6 +35,14 @@ def model(model_root: Path):  # type: ignore[no-untyped-def]
     return load_model(root=model_root)
 
 
+@pytest.fixture(scope="session")
+def pipeline(model_root: Path):  # type: ignore[no-untyped-def]
+    """The same model as fitted scikit-learn objects (for saving copies and as the scorer's reference)."""
+    from classifier.store import load_pipeline
+
+    return load_pipeline(root=model_root)
+
+
 def shared_or_skip(relative: str) -> Path:
     """Return a path under ../shared or skip the test when it is absent (a user's clone)."""
     path = SHARED / relative

@@ -99,29 +99,32 @@ def test_training_refuses_label_without_examples() -> None:
         train_model(sub.docs, sub.domains, sub.pillars, tax, ModelConfig(cv=3))
 
 
-def test_save_load_round_trip(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    version = store.save_model(model, {"training_data_sha256": "ab" * 32}, tmp_path)
+def test_save_load_round_trip(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    version = store.save_model(pipeline, {"training_data_sha256": "ab" * 32}, tmp_path)
     meta = json.loads((tmp_path / version / "meta.json").read_text())
     assert meta["taxonomy_version"] == load_taxonomy().version
     assert "scikit-learn" in meta["libraries"]
     assert not list(tmp_path.glob(".tmp-*")), "no temporary directory left behind"
     loaded = store.load_model(version, tmp_path)
     docs = [Document("x", abstract="リチウムイオン電池の固体電解質材料")]
-    assert np.allclose(loaded.predict_proba(docs), model.predict_proba(docs))
+    assert np.allclose(loaded.predict_proba(docs), pipeline.predict_proba(docs))
 
 
-def test_load_refuses_tampered_model(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    version = store.save_model(model, {}, tmp_path)
-    path = tmp_path / version / store.MODEL_FILE
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+def test_load_refuses_tampered_model(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    version = store.save_model(pipeline, {}, tmp_path)
+    for name in (store.MODEL_FILE, "scorer.npz"):
+        path = tmp_path / version / name
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="checksum"):
+        store.load_pipeline(version, tmp_path)
     with pytest.raises(ModelIntegrityError, match="checksum"):
         store.load_model(version, tmp_path)
 
 
-def test_load_refuses_other_taxonomy_and_sklearn(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    version = store.save_model(model, {}, tmp_path)
+def test_load_refuses_other_taxonomy_and_sklearn(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    version = store.save_model(pipeline, {}, tmp_path)
     meta_path = tmp_path / version / store.META_FILE
     meta = json.loads(meta_path.read_text())
     meta["taxonomy_version"] = "1999.1"
@@ -132,13 +135,15 @@ def test_load_refuses_other_taxonomy_and_sklearn(model, tmp_path: Path) -> None:
     meta["libraries"]["scikit-learn"] = "0.24.2"
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ModelIntegrityError, match="scikit-learn"):
-        store.load_model(version, tmp_path)
+        store.load_pipeline(version, tmp_path)
+    # Prediction reads arrays and JSON only: another scikit-learn does not matter to it.
+    assert store.load_model(version, tmp_path).version == version
 
 
-def test_activate_and_missing_versions(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_activate_and_missing_versions(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModelNotFoundError):
         store.load_model(None, tmp_path)
-    version = store.save_model(model, {}, tmp_path)
+    version = store.save_model(pipeline, {}, tmp_path)
     with pytest.raises(ModelNotFoundError):
         store.activate("nope", tmp_path)
     store.activate(version, tmp_path)
@@ -179,8 +184,8 @@ def test_clone_of_keyword_prior() -> None:
     assert out[2].sum() == 0
 
 
-def test_load_refuses_older_model_format(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    version = store.save_model(model, {}, tmp_path)
+def test_load_refuses_older_model_format(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    version = store.save_model(pipeline, {}, tmp_path)
     meta_path = tmp_path / version / store.META_FILE
     meta = json.loads(meta_path.read_text())
     meta["format"] = store.FORMAT - 1
@@ -189,10 +194,10 @@ def test_load_refuses_older_model_format(model, tmp_path: Path) -> None:  # type
         store.load_model(version, tmp_path)
 
 
-def test_default_model_is_current_only_for_same_training_text(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    stale = store.save_model(model, {"default": True, "default_stamp": "0" * 64}, tmp_path, version="stale")
-    current = store.save_model(model, {"default": True, "default_stamp": store.corpus_stamp()}, tmp_path, version="current")
-    operator = store.save_model(model, {"training_sources": ["mine.csv"]}, tmp_path, version="operator")
+def test_default_model_is_current_only_for_same_training_text(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stale = store.save_model(pipeline, {"default": True, "default_stamp": "0" * 64}, tmp_path, version="stale")
+    current = store.save_model(pipeline, {"default": True, "default_stamp": store.corpus_stamp()}, tmp_path, version="current")
+    operator = store.save_model(pipeline, {"training_sources": ["mine.csv"]}, tmp_path, version="operator")
     assert not store._default_is_current(stale, tmp_path)
     assert store._default_is_current(current, tmp_path)
     assert store._default_is_current(operator, tmp_path), "an operator's model is never rebuilt behind their back"
@@ -200,18 +205,39 @@ def test_default_model_is_current_only_for_same_training_text(model, tmp_path: P
     assert store.ensure_default_model(root=tmp_path) == current
 
 
-def test_block_transform_equals_column_transformer(model) -> None:  # type: ignore[no-untyped-def]
-    from classifier.features import analyse_documents
-
+def test_scorer_probabilities_equal_the_sklearn_pipeline(pipeline) -> None:  # type: ignore[no-untyped-def]
+    # The scorer reproduces TF-IDF, weights, priors, the linear model and calibration without scikit-learn.
     docs = [
         Document("a", title="量子センサー", abstract="ダイヤモンドNV中心による磁場計測", keywords="量子; センサ", program="基盤研究(B)", field="小区分24010:航空宇宙工学関連"),
-        Document("b", abstract="Coral reef monitoring from satellites", program="NSF Directorate For Geosciences"),
+        Document("b", abstract="Coral reef monitoring from satellites; computing computers compute", program="NSF Directorate For Geosciences"),
+        Document("c", abstract="。。。"),
+        Document("d", title="リチウムイオン電池", abstract="固体電解質の材料を作り、示された結果を調べる", keywords="電池、電池; battery"),
     ]
-    matrix, _ = analyse_documents(docs, model.tokenizer())
-    fast = model._transform(matrix)
-    slow = model.features.transform(matrix)
-    assert fast.shape == slow.shape
-    assert np.allclose(fast.toarray(), slow.toarray())
+    reference = pipeline.classifier.predict_proba(pipeline.transform(docs))
+    assert np.allclose(pipeline.predict_proba(docs), reference, atol=1e-6)
+    assert np.allclose(pipeline.predict_proba(docs[1:2]), reference[1:2], atol=1e-6), "one document alone scores as in a batch"
+
+
+def test_saved_scorer_loads_without_pickle_and_predicts_the_same(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from classifier.scorer import Scorer
+
+    version = store.save_model(pipeline, {}, tmp_path)
+    loaded = store.load_model(version, tmp_path)
+    assert isinstance(loaded, Scorer) and loaded.version == version
+    docs = [Document("x", title="小型衛星の姿勢制御", abstract="リチウムイオン電池の固体電解質材料", keywords="衛星; 電池")]
+    assert [p.as_dict() for p in loaded.predict(docs)] == [p.as_dict() for p in pipeline.predict(docs)]
+    pipeline = store.load_pipeline(version, tmp_path)
+    assert np.allclose(pipeline.predict_proba(docs), loaded.predict_proba(docs))
+
+
+def test_load_refuses_tampered_scorer_tables(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from classifier.scorer import TABLES_FILE
+
+    version = store.save_model(pipeline, {}, tmp_path)
+    path = tmp_path / version / TABLES_FILE
+    path.write_text(path.read_text(encoding="utf-8").replace('"weight":1.5', '"weight":9.5', 1), encoding="utf-8")
+    with pytest.raises(ModelIntegrityError, match="checksum"):
+        store.load_model(version, tmp_path)
 
 
 def test_taxonomy_resolve_ids_orders_dedupes_and_reports() -> None:

@@ -51,10 +51,35 @@ def test_tokenizer_spans_point_at_surface() -> None:
 
 
 def test_tokenizer_pickles_without_tagger() -> None:
-    TOK.features("量子")  # builds the tagger
+    TOK.features("量子")  # builds the surface tagger
+    TOK.counts("量子")  # builds the counting tagger
     clone = pickle.loads(pickle.dumps(TOK))
-    assert clone._tagger is None and TOK._tagger is not None
+    assert clone._tagger is None and clone._surface_tagger is None
+    assert TOK._tagger is not None and TOK._surface_tagger is not None
     assert clone.features("量子ビット") == TOK.features("量子ビット")
+    assert clone.counts("量子ビット") == TOK.counts("量子ビット")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "リチウムイオン電池の固体電解質とゲノム編集",
+        "Quantum computing with superconducting qubits; computers compute.",
+        "本研究ではＡＩ（深層学習）を用いてＤＮＡの配列を解析した。Deep learning for DNA.",
+        "示された結果を基づいて、材料を作り、調べる",
+        "",
+    ],
+)
+def test_tokenizer_counts_match_features(text: str) -> None:
+    # The fast counting path (no surfaces) and the surface path give the same features.
+    from collections import Counter
+
+    assert TOK.counts(normalize(text)) == dict(Counter(TOK.features(text)))
+
+
+def test_tokenizer_strips_loanword_glosses() -> None:
+    # unidic writes loanword lemmas as "イオン-Ion"; the feature is the word alone.
+    assert TOK.features("リチウムイオン電池とゲノム") == ["リチウム", "イオン", "電池", "ゲノム"]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +116,7 @@ def test_analyse_documents_keeps_whole_keywords() -> None:
     assert "kw=量子センシング" in feats
     assert "kw=ダイヤモンドnv中心" in feats
     assert "量子" in feats
-    assert analysed[0].pairs["keywords"][0][0] == "量子"
+    assert analysed[0].counts["keywords"]["量子"] == 1
 
 
 def test_tokenizer_numbers_and_single_letters_dropped() -> None:

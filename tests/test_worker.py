@@ -505,10 +505,11 @@ def test_models_activate_publishes_and_fetch_checks_sha256(settings: Any, wenv: 
     (tmp_path / "other").mkdir()
     path = fetch_version(other, version)
     assert store.load_model(version, tmp_path / "other").version == version
-    assert (path / "model.joblib").read_bytes() == (root / version / "model.joblib").read_bytes()
+    for name in ("model.joblib", "scorer.npz", "scorer.json", "meta.json"):
+        assert (path / name).read_bytes() == (root / version / name).read_bytes()
     # A damaged copy in Redis is refused, and nothing is written.
     try:
-        _redis().hset(f"granttag:model:{version}", "model", zlib.compress(b"not the model"))
+        _redis().hset(f"granttag:model:{version}", "file:scorer.npz", zlib.compress(b"not the model"))
         third = get_settings(models_dir=tmp_path / "third")
         (tmp_path / "third").mkdir()
         with pytest.raises(ModelIntegrityError, match="SHA-256"):

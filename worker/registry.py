@@ -2,12 +2,12 @@
 
 Workers on another machine share only Redis with the rest (issue 4), so the
 active version's files travel through it: ``publish_active_model`` stores the
-version's ``meta.json`` and its zlib-compressed ``model.joblib`` under
-``granttag:model:<version>:*`` and then sets ``granttag:model:active``. A
-worker checks that key before every chunk (one GET); on a new name it fetches
-the files into its own model store unless they are already there with the
-SHA-256 the manifest names, and loads the version through
-``classifier.store.load_model``, which checks the hash again.
+version's ``meta.json`` and every file its manifest names, zlib-compressed,
+in the hash ``granttag:model:<version>`` and then sets
+``granttag:model:active``. A worker checks that key before every chunk (one
+GET); on a new name it fetches the files into its own model store unless they
+are already there with the SHA-256 the manifest names, and loads the version
+through ``classifier.store.load_model``, which checks the hashes again.
 """
 
 from __future__ import annotations
@@ -69,28 +69,48 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _manifest(meta_bytes: bytes, where: str) -> dict[str, str]:
+    files = (json.loads(meta_bytes).get("files") or {}) if meta_bytes else {}
+    if not files:
+        raise ModelIntegrityError(f"{where}: meta.json names no files; retrain the model")
+    return {str(k): str(v) for k, v in files.items()}
+
+
+def _local_copy_ok(directory: Path) -> bool:
+    """True when ``directory`` holds meta.json and every file it names, with matching SHA-256."""
+    try:
+        files = _manifest((directory / store.META_FILE).read_bytes(), str(directory))
+    except (OSError, ValueError, ModelIntegrityError):
+        return False
+    return all((directory / name).exists() and store._sha256(directory / name) == digest for name, digest in files.items())
+
+
 def publish_active_model(settings: Any, client: Any = None) -> str:
     """Push the locally active version's files and name to Redis; return the version.
 
     Call it after ``classifier.store.activate``. The files are written before
     the name, so a worker that sees the new name can always fetch them.
-    Raises ModelNotFoundError when no version is active, ServiceUnavailableError
-    when Redis does not answer.
+    Raises ModelNotFoundError when no version is active, ModelIntegrityError
+    when a file does not match the manifest, ServiceUnavailableError when
+    Redis does not answer.
     """
     root = _root(settings)
     version = store.active_version(root)
     if version is None:
         raise ModelNotFoundError(f"no active model in {root}; activate one with `granttag models activate VERSION`")
     meta_bytes = (root / version / store.META_FILE).read_bytes()
-    meta = json.loads(meta_bytes)
-    expected = (meta.get("files") or {}).get(store.MODEL_FILE)
+    files = _manifest(meta_bytes, str(root / version))
     client = client or check_redis(settings)
     key = f"{PREFIX}{version}"
-    if client.hget(key, "sha256") != (expected or "").encode():
-        data = (root / version / store.MODEL_FILE).read_bytes()
-        if _sha256(data) != expected:
-            raise ModelIntegrityError(f"{root / version / store.MODEL_FILE}: checksum does not match meta.json; not publishing it")
-        client.hset(key, mapping={"meta": meta_bytes, "model": zlib.compress(data, 1), "sha256": expected})
+    digest = _sha256(meta_bytes)
+    if client.hget(key, "sha256") != digest.encode():
+        mapping: dict[str, bytes | str] = {"meta": meta_bytes, "sha256": digest}
+        for name, expected in files.items():
+            data = (root / version / name).read_bytes()
+            if _sha256(data) != expected:
+                raise ModelIntegrityError(f"{root / version / name}: checksum does not match meta.json; not publishing it")
+            mapping["file:" + name] = zlib.compress(data, 1)
+        client.hset(key, mapping=mapping)
     client.set(ACTIVE_KEY, version)
     return version
 
@@ -106,29 +126,33 @@ def fetch_version(settings: Any, version: str, client: Any = None) -> Path:
     """Make sure ``version`` is in the local model store, fetching it from Redis if needed; return its directory.
 
     Raises ModelNotFoundError when Redis does not hold it, ModelIntegrityError
-    when the fetched file does not match its SHA-256.
+    when a fetched file does not match its SHA-256.
     """
     root = _root(settings)
     final = root / version
     client = client or redis_client(settings)
     key = f"{PREFIX}{version}"
-    if (final / store.META_FILE).exists() and (final / store.MODEL_FILE).exists():
-        meta = json.loads((final / store.META_FILE).read_text(encoding="utf-8"))
-        expected = (meta.get("files") or {}).get(store.MODEL_FILE)
-        if store._sha256(final / store.MODEL_FILE) == expected:
-            return final
-    meta_bytes, packed, sha = client.hmget(key, "meta", "model", "sha256")
-    if meta_bytes is None or packed is None:
+    if _local_copy_ok(final):
+        return final
+    meta_bytes, sha = client.hmget(key, "meta", "sha256")
+    if meta_bytes is None:
         raise ModelNotFoundError(
             f"model {version} is active in Redis but its files are not there; run `granttag models activate {version}` again"
         )
-    data = zlib.decompress(packed)
-    expected = (json.loads(meta_bytes).get("files") or {}).get(store.MODEL_FILE)
-    if _sha256(data) != expected or (sha and sha.decode() != expected):
+    if sha and sha.decode() != _sha256(meta_bytes):
         raise ModelIntegrityError(f"model {version} fetched from Redis does not match its SHA-256; publish it again")
+    files = _manifest(meta_bytes, f"model {version} in Redis")
+    names = list(files)
+    packed = client.hmget(key, ["file:" + n for n in names])
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".fetch-"))
     try:
-        (tmp / store.MODEL_FILE).write_bytes(data)
+        for name, blob in zip(names, packed, strict=True):
+            if blob is None:
+                raise ModelNotFoundError(f"model {version}: {name} is not in Redis; run `granttag models activate {version}` again")
+            data = zlib.decompress(blob)
+            if _sha256(data) != files[name]:
+                raise ModelIntegrityError(f"model {version}: {name} fetched from Redis does not match its SHA-256; publish it again")
+            (tmp / name).write_bytes(data)
         (tmp / store.META_FILE).write_bytes(meta_bytes)
         if final.exists():
             shutil.rmtree(final)  # a damaged copy: its checksum did not match

@@ -1,0 +1,583 @@
+"""The prediction path of a trained model in plain arrays: no scikit-learn, no SciPy, no pickle (issue 2).
+
+Training fits scikit-learn objects (:mod:`classifier.features`,
+:mod:`classifier.estimators`); what prediction needs of them is small: each
+feature block's vocabulary, IDF and weight, the keyword-prior tables, the
+linear coefficients, the Platt calibration and the thresholds.
+:meth:`Scorer.from_model` reads those off a fitted model once;
+:meth:`Scorer.save` writes them as an ``.npz`` (loaded with
+``allow_pickle=False``) and a JSON file, both under the version's SHA-256
+manifest. Classifying then starts without importing scikit-learn (about a
+second of every command's start-up) and computes a whole chunk of documents
+with a few NumPy operations. A test checks that its probabilities equal the
+scikit-learn pipeline's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifier.analysis import TEXT_FIELDS, Analysed, FieldCodeAnalyzer, PriorMatcher, ProgramAnalyzer, joined_text, keyword_features
+from classifier.documents import Document
+from classifier.errors import ModelIntegrityError
+from classifier.text import Tokenizer, normalize, normalize_with_offsets
+
+ARRAYS_FILE = "scorer.npz"
+TABLES_FILE = "scorer.json"
+
+#: Feature blocks in a model's column order and what analyses each.
+_BLOCK_KINDS = {
+    "title": "tokens",
+    "abstract": "tokens",
+    "keywords": "tokens",
+    "program": "program",
+    "field": "field",
+    "prior": "prior",
+    "chars": "chars",
+}
+_ASCII_WORD_END = re.compile(r"[a-z0-9]*")
+#: Distinct lemmas a text block remembers the column of before starting over.
+_LEMMA_CACHE_LIMIT = 500_000
+
+
+@dataclass
+class Evidence:
+    """A term that raised a label's score, with its place in the original field text."""
+
+    term: str
+    field: str
+    start: int
+    end: int
+    weight: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"term": self.term, "field": self.field, "start": self.start, "end": self.end, "weight": round(self.weight, 4)}
+
+
+@dataclass
+class LabelScore:
+    """One predicted label with its calibrated probability and evidence."""
+
+    id: str
+    score: float
+    evidence: list[Evidence] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": round(self.score, 4), "evidence": [e.as_dict() for e in self.evidence]}
+
+
+@dataclass
+class Prediction:
+    """The labels predicted for one document, highest score first."""
+
+    id: str
+    domains: list[LabelScore]
+    pillars: list[LabelScore]
+    scores: dict[str, float]
+    model_version: str
+
+    def as_dict(self, scores: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "domains": [d.as_dict() for d in self.domains],
+            "pillars": [p.as_dict() for p in self.pillars],
+            "model_version": self.model_version,
+        }
+        if scores:
+            out["scores"] = {k: round(v, 4) for k, v in self.scores.items()}
+        return out
+
+
+@dataclass
+class Block:
+    """One feature block: its columns ``offset:offset+size``, weight and vocabulary (None for the prior)."""
+
+    name: str
+    offset: int
+    size: int
+    weight: float
+    terms: list[str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Scorer:
+    """A trained model's prediction path: analysis, TF-IDF, linear scores, calibration, thresholds, evidence.
+
+    Build it with :meth:`from_model` (from a fitted :class:`classifier.model.Model`)
+    or :meth:`load` (from a saved version). It answers the same questions as
+    the model: ``predict``, ``predict_proba``, ``decide``, ``label_ids``,
+    ``thresholds``. Not thread-safe per instance only in that its caches fill
+    on first use; filling them twice is harmless.
+    """
+
+    def __init__(self, tables: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.domain_ids: list[str] = list(tables["domain_ids"])
+        self.pillar_ids: list[str] = list(tables["pillar_ids"])
+        self.taxonomy_version: str = tables["taxonomy_version"]
+        self.config: dict[str, Any] = dict(tables.get("config") or {})
+        self.prior_keywords: dict[str, list[str]] = {k: list(v) for k, v in (tables.get("prior_keywords") or {}).items()}
+        self.version = str(tables.get("version") or "unsaved")
+        self.tables = tables
+        self.blocks = [Block(**b) for b in tables["blocks"]]
+        self.coef_t = np.ascontiguousarray(arrays["coef_t"], dtype=np.float64)
+        self.intercept = np.asarray(arrays["intercept"], dtype=np.float64)
+        self.calibration = np.asarray(arrays["calibration"], dtype=np.float64)
+        self._thresholds = np.asarray(arrays["thresholds"], dtype=np.float64)
+        self.idf = np.asarray(arrays["idf"], dtype=np.float64)
+        n_features = sum(b.size for b in self.blocks)
+        k = len(self.domain_ids) + len(self.pillar_ids)
+        if self.coef_t.shape != (n_features, k) or self.idf.shape != (n_features,) or self._thresholds.shape != (k,):
+            raise ModelIntegrityError(f"model {self.version}: its arrays do not fit its feature tables; retrain it")
+        # Per column: block index, whether it is a TF-IDF column (else a log-count prior column), and its weight.
+        self._col_block = np.repeat(np.arange(len(self.blocks)), [b.size for b in self.blocks])
+        self._tfidf = np.array([b.name != "prior" for b in self.blocks])[self._col_block]
+        self._weight = np.array([b.weight for b in self.blocks], dtype=np.float64)[self._col_block]
+        self._vocab: list[dict[str, int] | None] = [
+            None if b.terms is None else {t: b.offset + j for j, t in enumerate(b.terms)} for b in self.blocks
+        ]
+        self._lemma_cols: list[dict[str, int]] = [{} for _ in self.blocks]
+        self._tokenizer: Tokenizer | None = None
+        self._program = ProgramAnalyzer()
+        self._field = FieldCodeAnalyzer(tables.get("crosswalk") or {})
+        self._prior: PriorMatcher | None = None
+        self._chars: Any = None
+        self._names: list[tuple[str, str]] | None = None
+        self._prior_words: dict[str, list[str]] | None = None
+
+    # --- building, saving, loading --------------------------------------
+    @classmethod
+    def from_model(cls, model: Any) -> Scorer:
+        """Read the prediction tables off a fitted :class:`classifier.model.Model`.
+
+        Raises ModelIntegrityError for a feature block this scorer cannot
+        reproduce (a TF-IDF block with other settings than training uses).
+        """
+        ct = model.features
+        weights = ct.transformer_weights or {}
+        blocks: list[dict[str, Any]] = []
+        idf_parts: list[np.ndarray] = []
+        prior: dict[str, Any] = {}
+        for name, transformer, _ in ct.transformers_:
+            if isinstance(transformer, str):  # "drop" (the remainder)
+                continue
+            span = ct.output_indices_[name]
+            size = span.stop - span.start
+            block: dict[str, Any] = {"name": name, "offset": span.start, "size": size, "weight": float(weights.get(name, 1.0))}
+            if name not in _BLOCK_KINDS:
+                raise ModelIntegrityError(f"model {model.version}: feature block {name!r} is unknown to this granttag; retrain it")
+            if name == "prior":
+                block["terms"] = None
+                prior = {"labels": list(transformer.labels_), "crosswalk_weight": float(transformer.crosswalk_weight)}
+                idf_parts.append(np.ones(size))
+            else:
+                if not (transformer.sublinear_tf and transformer.use_idf and transformer.norm == "l2"):
+                    raise ModelIntegrityError(f"model {model.version}: block {name!r} uses TF-IDF settings the scorer does not reproduce")
+                block["terms"] = [str(t) for t in transformer.get_feature_names_out()]
+                if name == "chars":
+                    block["params"] = {"ngram_range": list(transformer.ngram_range), "lowercase": bool(transformer.lowercase)}
+                idf_parts.append(np.asarray(transformer.idf_, dtype=np.float64))
+            blocks.append(block)
+        crosswalk = {}
+        for _, transformer, _ in ct.transformers_:
+            if getattr(transformer, "crosswalk", None):
+                crosswalk = dict(transformer.crosswalk)
+            elif isinstance(getattr(transformer, "analyzer", None), FieldCodeAnalyzer):
+                crosswalk = crosswalk or dict(transformer.analyzer.crosswalk)
+        tokenizer = model.tokenizer()
+        if tokenizer.english_stop is None:
+            tokenizer._setup()
+        tables = {
+            "version": model.version,
+            "domain_ids": list(model.domain_ids),
+            "pillar_ids": list(model.pillar_ids),
+            "taxonomy_version": model.taxonomy_version,
+            "config": model.config,
+            "prior_keywords": model.prior_keywords,
+            "prior": prior,
+            "crosswalk": crosswalk,
+            "tokenizer": {"compounds": tokenizer.compounds, "english_stop": sorted(tokenizer.english_stop or ())},
+            "blocks": blocks,
+        }
+        clf = model.classifier
+        arrays = {
+            "coef_t": np.ascontiguousarray(np.asarray(clf.coef_, dtype=np.float64).T),
+            "intercept": np.asarray(clf.intercept_, dtype=np.float64),
+            "calibration": np.asarray(clf.calibration_, dtype=np.float64),
+            "thresholds": np.asarray(clf.thresholds_, dtype=np.float64),
+            "idf": np.concatenate(idf_parts) if idf_parts else np.zeros(0),
+        }
+        return cls(tables, arrays)
+
+    def save(self, directory: Path) -> list[str]:
+        """Write the scorer's two files into ``directory``; return their names."""
+        arrays = {
+            "coef_t": self.coef_t,
+            "intercept": self.intercept,
+            "calibration": self.calibration,
+            "thresholds": self._thresholds,
+            "idf": self.idf,
+        }
+        with (directory / ARRAYS_FILE).open("wb") as fh:
+            np.savez(fh, **arrays)
+        tables = {**self.tables, "version": self.version}
+        (directory / TABLES_FILE).write_text(json.dumps(tables, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+        return [ARRAYS_FILE, TABLES_FILE]
+
+    @classmethod
+    def load(cls, directory: Path) -> Scorer:
+        """Read a scorer written by :meth:`save`; the caller has checked the files' hashes.
+
+        Raises ModelIntegrityError when a file is unreadable or incomplete.
+        """
+        try:
+            tables = json.loads((directory / TABLES_FILE).read_text(encoding="utf-8"))
+            with np.load(directory / ARRAYS_FILE, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in ("coef_t", "intercept", "calibration", "thresholds", "idf")}
+            return cls(tables, arrays)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelIntegrityError(f"{directory}: the model's tables cannot be read ({exc}); retrain it") from exc
+
+    # --- the model's questions -------------------------------------------
+    @property
+    def label_ids(self) -> list[str]:
+        """Domain ids then pillar ids, the column order of scores."""
+        return self.domain_ids + self.pillar_ids
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """The tuned decision threshold of each label (probability scale)."""
+        return self._thresholds
+
+    def tokenizer(self) -> Tokenizer:
+        """Return this model's tokenizer (created once per process)."""
+        if self._tokenizer is None:
+            spec = self.tables.get("tokenizer") or {}
+            stop = spec.get("english_stop")
+            self._tokenizer = Tokenizer(
+                compounds=bool(spec.get("compounds", False)), english_stop=frozenset(stop) if stop is not None else None
+            )
+        return self._tokenizer
+
+    def _prior_matcher(self) -> PriorMatcher:
+        if self._prior is None:
+            spec = self.tables.get("prior") or {}
+            self._prior = PriorMatcher(
+                list(spec.get("labels") or []),
+                self.prior_keywords,
+                self.tables.get("crosswalk") or {},
+                float(spec.get("crosswalk_weight", 1.0)),
+            )
+        return self._prior
+
+    def _char_features(self, text: str, params: dict[str, Any]) -> list[str]:
+        # The optional character n-gram block: scikit-learn's own analyzer, imported only for models that use it.
+        if self._chars is None:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            self._chars = TfidfVectorizer(
+                analyzer="char", ngram_range=tuple(params["ngram_range"]), lowercase=params["lowercase"]
+            ).build_analyzer()
+        return list(self._chars(text))
+
+    def _analyse(self, doc: Document) -> tuple[Analysed, dict[str, dict[str, int]]]:
+        """Normalise and tokenise one document's text fields.
+
+        Returns its analysis (normalised fields, prior text) and, per text
+        field, MeCab's lemma counts (or, with compound nouns, feature counts).
+        """
+        tokenizer = self.tokenizer()
+        norms: dict[str, str] = {}
+        lemmas: dict[str, dict[str, int]] = {}
+        for name in TEXT_FIELDS:
+            norm = normalize(getattr(doc, name))
+            norms[name] = norm
+            lemmas[name] = tokenizer.counts(norm) if tokenizer.compounds else tokenizer.lemma_counts(norm)
+        return Analysed({}, norms, joined_text(norms)), lemmas
+
+    def _entries(
+        self, doc: Document, a: Analysed, lemmas: dict[str, dict[str, int]], out: tuple[list[int], list[float], list[int]], row: int
+    ) -> None:
+        """Append the (column, count, block segment) entries of one analysed document.
+
+        A text block maps each distinct lemma to its column once per process
+        (``_lemma_cols``), so the per-word work is one dictionary lookup.
+        Two lemmas may share a feature (a stem, a spelling); :meth:`_score`
+        adds such entries up.
+        """
+        cols, counts, segs = out
+        nb = len(self.blocks)
+        compounds = self.tokenizer().compounds
+        for b, block in enumerate(self.blocks):
+            seg = row * nb + b
+            vocab = self._vocab[b]
+            if block.name == "prior":
+                for j, n in self._prior_matcher().counts(a.text, doc.field).items():
+                    cols.append(block.offset + j)
+                    counts.append(n)
+                    segs.append(seg)
+                continue
+            assert vocab is not None
+            if block.name in TEXT_FIELDS:
+                if block.name == "keywords" and a.norm["keywords"]:
+                    for f, n in keyword_features(a.norm["keywords"]).items():
+                        j = vocab.get(f)
+                        if j is not None:
+                            cols.append(j)
+                            counts.append(n)
+                            segs.append(seg)
+                cache = self._lemma_cols[b]
+                if len(cache) > _LEMMA_CACHE_LIMIT:
+                    cache.clear()
+                feature = self.tokenizer().feature
+                for lemma, n in lemmas[block.name].items():
+                    j = cache.get(lemma)
+                    if j is None:
+                        f = lemma if compounds else feature(lemma)
+                        j = cache[lemma] = -1 if f is None else vocab.get(f, -1)
+                    if j >= 0:
+                        cols.append(j)
+                        counts.append(n)
+                        segs.append(seg)
+                continue
+            if block.name == "program":
+                feats = self._program(doc.program)
+            elif block.name == "field":
+                feats = self._field(doc.field)
+            else:
+                feats = self._char_features(a.text, block.params)
+            for f, n in Counter(feats).items():
+                j = vocab.get(f)
+                if j is not None:
+                    cols.append(j)
+                    counts.append(n)
+                    segs.append(seg)
+
+    def _score(self, docs: list[Document]) -> tuple[list[Analysed], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Analyse ``docs``; return their analyses, calibrated probabilities, and the per-entry columns, contributions and row starts."""
+        analysed: list[Analysed] = []
+        out: tuple[list[int], list[float], list[int]] = ([], [], [])
+        for i, doc in enumerate(docs):
+            a, lemmas = self._analyse(doc)
+            analysed.append(a)
+            self._entries(doc, a, lemmas, out, i)
+        col = np.asarray(out[0], dtype=np.intp)
+        n = np.asarray(out[1], dtype=np.float64)
+        seg = np.asarray(out[2], dtype=np.intp)
+        # Add up the entries of one column in one segment (two lemmas with one feature);
+        # sorted by (segment, column), the entries stay in document order.
+        key, first, inverse = np.unique(seg * self.coef_t.shape[0] + col, return_index=True, return_inverse=True)
+        n = np.bincount(inverse, weights=n, minlength=len(key))
+        col, seg = col[first], seg[first]
+        row = seg // len(self.blocks)
+        starts = np.searchsorted(row, np.arange(len(docs) + 1))
+        tfidf = self._tfidf[col]
+        # TF-IDF blocks: (1 + log tf) * idf, then unit length per document and block
+        # (TfidfVectorizer with sublinear_tf, norm="l2"); the prior block: log(1 + count).
+        value = np.where(tfidf, (1.0 + np.log(np.maximum(n, 1.0))) * self.idf[col], np.log1p(n))
+        if len(seg):
+            norms = np.sqrt(np.bincount(seg, weights=np.where(tfidf, value * value, 0.0), minlength=int(seg.max()) + 1))
+            value = np.where(tfidf, value / np.where(norms[seg] > 0, norms[seg], 1.0), value)
+        value *= self._weight[col]
+        contrib = self.coef_t[col] * value[:, None]
+        row_starts = starts
+        scores = np.zeros((len(docs), self.coef_t.shape[1]))
+        filled = np.flatnonzero(row_starts[1:] > row_starts[:-1])
+        if len(filled):
+            scores[filled] = np.add.reduceat(contrib, row_starts[:-1][filled], axis=0)
+        decision = scores + self.intercept
+        proba = 1.0 / (1.0 + np.exp(decision * self.calibration[:, 0] + self.calibration[:, 1]))
+        return analysed, proba, col, contrib, row_starts
+
+    def predict_proba(self, docs: list[Document]) -> np.ndarray:
+        """Return calibrated probabilities, shape (n_docs, n_labels)."""
+        if not docs:
+            return np.zeros((0, len(self.label_ids)))
+        return self._score(docs)[1]
+
+    def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Return the 0/1 decisions for ``proba``; every row gets at least one pillar."""
+        cut = self.thresholds if threshold is None else np.full(proba.shape[1], float(threshold))
+        yes = proba >= cut
+        nd = len(self.domain_ids)
+        if yes.shape[1] > nd:
+            empty = ~yes[:, nd:].any(axis=1)
+            best = proba[:, nd:].argmax(axis=1)
+            yes[np.flatnonzero(empty), nd + best[empty]] = True
+        return yes
+
+    def predict(
+        self,
+        docs: list[Document],
+        *,
+        explain: bool = True,
+        top_terms: int = 5,
+        threshold: float | None = None,
+        top_k: int | None = None,
+    ) -> list[Prediction]:
+        """Classify ``docs``; return one Prediction each, labels highest score first.
+
+        ``threshold`` overrides every tuned threshold; ``top_k`` keeps at most
+        that many labels of each kind; ``explain`` adds evidence terms, at
+        most ``top_terms`` a label.
+        """
+        if not docs:
+            return []
+        analysed, proba, col, contrib, row_starts = self._score(docs)
+        yes = self.decide(proba, threshold)
+        ids = self.label_ids
+        nd = len(self.domain_ids)
+        out = []
+        for i, doc in enumerate(docs):
+            row = proba[i]
+            picked: dict[str, list[LabelScore]] = {"domain": [], "pillar": []}
+            for j in np.flatnonzero(yes[i]):
+                picked["domain" if j < nd else "pillar"].append(LabelScore(ids[j], float(row[j])))
+            for kind in picked:
+                picked[kind].sort(key=lambda s: -s.score)
+                if top_k is not None:
+                    picked[kind] = picked[kind][:top_k]
+            labels = picked["domain"] + picked["pillar"]
+            if explain and labels:
+                s, e = row_starts[i], row_starts[i + 1]
+                self._explain(doc, analysed[i], col[s:e], contrib[s:e], labels, top_terms)
+            out.append(Prediction(doc.id, picked["domain"], picked["pillar"], dict(zip(ids, row.tolist(), strict=True)), self.version))
+        return out
+
+    # --- explanations -------------------------------------------------
+    def _feature_names(self) -> list[tuple[str, str]]:
+        if self._names is None:
+            names: list[tuple[str, str]] = []
+            spec = self.tables.get("prior") or {}
+            for block in self.blocks:
+                terms = block.terms if block.terms is not None else ["prior=" + label for label in spec.get("labels") or []]
+                names.extend((block.name, t) for t in terms)
+            self._names = names
+        return self._names
+
+    def _prior_keyword_lists(self) -> dict[str, list[str]]:
+        if self._prior_words is None:
+            self._prior_words = {
+                label: sorted({w.lower() for w in words if w.strip()}, key=len, reverse=True)
+                for label, words in self.prior_keywords.items()
+            }
+        return self._prior_words
+
+    def _explain(
+        self, doc: Document, analysed: Analysed, cols: np.ndarray, contrib: np.ndarray, labels: list[LabelScore], top_terms: int
+    ) -> None:
+        names = self._feature_names()
+        index = {label: j for j, label in enumerate(self.label_ids)}
+        locator = _SpanLocator(doc, analysed, self.tokenizer(), self._prior_keyword_lists())
+        columns = contrib[:, [index[s.id] for s in labels]]
+        for c, score in enumerate(labels):
+            values = columns[:, c]
+            seen: set[str] = set()
+            for k in np.argsort(-values, kind="stable"):
+                weight = float(values[k])
+                if weight <= 0 or len(score.evidence) >= top_terms:
+                    break
+                block, term = names[cols[k]]
+                ev = locator.find(block, term, weight)
+                if ev is not None and ev.term not in seen:
+                    seen.add(ev.term)
+                    score.evidence.append(ev)
+
+
+class _SpanLocator:
+    """Finds where a feature stands in a document's original field text.
+
+    A term is looked for directly in the field's lower-cased normalised text
+    (an English stem is widened to its whole word); a term not found that
+    way (a verb's dictionary form, a spelling variant unidic normalised) is
+    placed through the field's surfaces, which needs a second MeCab pass over
+    that field only.
+    """
+
+    def __init__(self, doc: Document, analysed: Analysed, tokenizer: Tokenizer, prior_keywords: dict[str, list[str]]) -> None:
+        self.doc = doc
+        self.analysed = analysed
+        self.tokenizer = tokenizer
+        self.prior_keywords = prior_keywords
+        self._low: dict[str, str] = {}
+        self._surfaces: dict[str, dict[str, str]] = {}
+        self._offsets: dict[str, tuple[list[int], list[int]] | None] = {}
+        self._found: dict[tuple[str, str], tuple[str, str, int, int] | None] = {}
+
+    def _lower(self, name: str) -> str:
+        low = self._low.get(name)
+        if low is None:
+            norm = self.analysed.norm[name]
+            low = norm.lower()
+            if len(low) != len(norm):  # a rare letter whose lower case is longer
+                low = norm
+            self._low[name] = low
+        return low
+
+    def _span(self, name: str, a: int, b: int) -> tuple[str, str, int, int]:
+        """Map normalised [a, b) of field ``name`` to (original text, field, start, end)."""
+        original = getattr(self.doc, name)
+        if name not in self._offsets:
+            norm = self.analysed.norm[name]
+            self._offsets[name] = None if len(norm) == len(original) else normalize_with_offsets(original)[1:]
+        offsets = self._offsets[name]
+        s, e = (a, b) if offsets is None else (offsets[0][a], offsets[1][b - 1])
+        return original[s:e], name, s, e
+
+    def _at(self, name: str, needle: str) -> tuple[str, str, int, int] | None:
+        low = self._lower(name)
+        a = low.find(needle) if needle else -1
+        if a < 0:
+            return None
+        b = a + len(needle)
+        if needle.isascii() and needle[-1:].isalnum():
+            b = _ASCII_WORD_END.match(low, b).end()  # type: ignore[union-attr]
+        return self._span(name, a, b)
+
+    def _surface(self, name: str, term: str) -> str | None:
+        if name not in self._surfaces:
+            # dict() keeps the last value of a key: reversed, the first occurrence wins.
+            self._surfaces[name] = dict(reversed(self.tokenizer.pairs(self.analysed.norm[name])))
+        return self._surfaces[name].get(term)
+
+    def find(self, block: str, term: str, weight: float) -> Evidence | None:
+        """Return the evidence for feature ``term`` of feature block ``block``, or None if it cannot be placed."""
+        key = (block, term)
+        if key not in self._found:
+            self._found[key] = self._find(block, term)
+        hit = self._found[key]
+        return None if hit is None else Evidence(hit[0], hit[1], hit[2], hit[3], weight)
+
+    def _find(self, block: str, term: str) -> tuple[str, str, int, int] | None:
+        if block in TEXT_FIELDS:
+            if term.startswith("kw="):
+                return self._at(block, term[3:])
+            if not term.isascii() or term.isalpha():
+                hit = self._at(block, term)
+                if hit is not None and (not term.isascii() or _starts_word(self._lower(block), term)):
+                    return hit
+            surface = self._surface(block, term)
+            return self._at(block, surface) if surface else None
+        if block in ("program", "field"):
+            text = getattr(self.doc, block)
+            return (text, block, 0, len(text)) if text else None
+        if block == "prior":
+            words = self.prior_keywords.get(term.partition("=")[2], [])
+            for name in TEXT_FIELDS:
+                low = self._lower(name)
+                for w in words:
+                    if w in low:
+                        return self._at(name, w)
+        return None
+
+
+def _starts_word(low: str, term: str) -> bool:
+    """True when the first occurrence of ASCII ``term`` in ``low`` starts a word."""
+    a = low.find(term)
+    return a == 0 or (a > 0 and not low[a - 1].isalnum())
