@@ -942,7 +942,9 @@ def create_app(settings: Settings, *, jobs: Any = None) -> FastAPI:
         except ModelNotFoundError as exc:
             raise ApiProblem(503, "No model", str(exc)) from exc
         metrics.tagged.labels("classify").inc()
-        return {"id": doc.id, **_answer(taxonomy, prediction)}  # type: ignore[attr-defined]
+        # Built to the Classification schema already (tests check it): answered directly, without
+        # FastAPI validating and re-encoding it through the response model on every request.
+        return SafeJSONResponse({"id": doc.id, **_answer(taxonomy, prediction)})  # type: ignore[attr-defined]
 
     @app.post(
         "/v1/classify/batch", response_model=BatchAnswer, response_model_exclude_none=True, responses=auth_responses, tags=["classify"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -63,16 +64,24 @@ def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool
 
         # Several processes: each writes its metrics to this folder and /metrics adds them up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="granttag-metrics-")
-    uvicorn.run(
-        "granttag.api:app_from_env",
-        factory=True,
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        workers=workers,
-        log_level=log_level,
+    options: dict[str, Any] = {
+        "factory": True,
+        "log_level": log_level,
         # uvicorn's default of 5 s lets a client send on a connection the server is closing (seen as errors under load).
-        timeout_keep_alive=keep_alive,
-    )
+        "timeout_keep_alive": keep_alive,
+    }
+    host, port = host or settings.api_host, port or settings.api_port
+    from granttag.serving import reuse_port_supported, serve_reuse_port
+
+    if workers > 1 and reuse_port_supported():
+        # One listener per worker, so the kernel spreads connections over them (granttag/serving.py).
+        try:
+            serve_reuse_port("granttag.api:app_from_env", host, port, workers, **options)
+        except OSError as exc:
+            click.echo(f"granttag: cannot listen on {host}:{port}: {exc}", err=True)
+            sys.exit(2)
+        return
+    uvicorn.run("granttag.api:app_from_env", host=host, port=port, workers=workers, **options)
 
 
 def register(main: click.Group) -> None:

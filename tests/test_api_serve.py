@@ -176,6 +176,37 @@ def test_serve_real_server_answers(server: str, path: str, headers: dict[str, st
     assert httpx.get(f"{server}{path}", headers=headers, timeout=10).status_code == status
 
 
+def _listeners(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:``port`` (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is used on Linux only")
+def test_serve_each_worker_has_its_own_listener(server: str) -> None:
+    # uvicorn's shared socket let one worker take a whole burst of connections; with one
+    # SO_REUSEPORT listener per worker the kernel spreads them (granttag/serving.py).
+    port = int(server.rsplit(":", 1)[1])
+    assert _listeners(port) == 2
+
+
+def test_serve_refuses_a_port_in_use() -> None:
+    from granttag.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: None for k in os.environ if k.startswith("GRANTTAG_API")} | {"GRANTTAG_API_KEYS": f"{ADMIN}:admin"}
+        result = CliRunner().invoke(main, ["serve", "--port", str(port), "--workers", "2", "--no-queue"], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
 def test_serve_no_queue_refuses_jobs(server: str) -> None:
     import httpx
 
