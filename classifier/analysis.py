@@ -35,6 +35,8 @@ class Analysed:
     counts: dict[str, dict[str, int]]
     norm: dict[str, str]
     text: str = field(default="")
+    #: Per text field, MeCab's (lemma, surface) counts, where the prediction path keeps them.
+    mecab: dict[str, Any] = field(default_factory=dict)
 
     def tokens(self, name: str) -> list[str]:
         """The features of text field ``name``, each repeated as often as it occurs."""

@@ -286,28 +286,27 @@ class Scorer:
             ).build_analyzer()
         return list(self._chars(text))
 
-    def _analyse(self, doc: Document) -> tuple[Analysed, dict[str, dict[str, int]]]:
+    def _analyse(self, doc: Document) -> Analysed:
         """Normalise and tokenise one document's text fields.
 
-        Returns its analysis (normalised fields, prior text) and, per text
-        field, MeCab's lemma counts (or, with compound nouns, feature counts).
+        The analysis holds the normalised fields, the prior text and, per text
+        field, MeCab's (lemma, surface) counts (or, with compound nouns,
+        feature counts).
         """
         tokenizer = self.tokenizer()
         norms: dict[str, str] = {}
-        lemmas: dict[str, dict[str, int]] = {}
+        tokens: dict[str, Any] = {}
         for name in TEXT_FIELDS:
             norm = normalize(getattr(doc, name))
             norms[name] = norm
-            lemmas[name] = tokenizer.counts(norm) if tokenizer.compounds else tokenizer.lemma_counts(norm)
-        return Analysed({}, norms, joined_text(norms)), lemmas
+            tokens[name] = tokenizer.counts(norm) if tokenizer.compounds else tokenizer.token_counts(norm)
+        return Analysed({}, norms, joined_text(norms), tokens)
 
-    def _entries(
-        self, doc: Document, a: Analysed, lemmas: dict[str, dict[str, int]], out: tuple[list[int], list[float], list[int]], row: int
-    ) -> None:
+    def _entries(self, doc: Document, a: Analysed, out: tuple[list[int], list[float], list[int]], row: int) -> None:
         """Append the (column, count, block segment) entries of one analysed document.
 
-        A text block maps each distinct lemma to its column once per process
-        (``_lemma_cols``), so the per-word work is one dictionary lookup.
+        A text block maps each distinct (lemma, surface) to its column once per
+        process (``_lemma_cols``), so the per-word work is one dictionary lookup.
         Two lemmas may share a feature (a stem, a spelling); :meth:`_score`
         adds such entries up.
         """
@@ -336,11 +335,11 @@ class Scorer:
                 if len(cache) > _LEMMA_CACHE_LIMIT:
                     cache.clear()
                 feature = self.tokenizer().feature
-                for lemma, n in lemmas[block.name].items():
-                    j = cache.get(lemma)
+                for key, n in a.mecab[block.name].items():
+                    j = cache.get(key)
                     if j is None:
-                        f = lemma if compounds else feature(lemma)
-                        j = cache[lemma] = -1 if f is None else vocab.get(f, -1)
+                        f = key if compounds else feature(key[0])
+                        j = cache[key] = -1 if f is None else vocab.get(f, -1)
                     if j >= 0:
                         cols.append(j)
                         counts.append(n)
@@ -364,9 +363,9 @@ class Scorer:
         analysed: list[Analysed] = []
         out: tuple[list[int], list[float], list[int]] = ([], [], [])
         for i, doc in enumerate(docs):
-            a, lemmas = self._analyse(doc)
+            a = self._analyse(doc)
             analysed.append(a)
-            self._entries(doc, a, lemmas, out, i)
+            self._entries(doc, a, out, i)
         col = np.asarray(out[0], dtype=np.intp)
         n = np.asarray(out[1], dtype=np.float64)
         seg = np.asarray(out[2], dtype=np.intp)
@@ -496,8 +495,7 @@ class _SpanLocator:
     A term is looked for directly in the field's lower-cased normalised text
     (an English stem is widened to its whole word); a term not found that
     way (a verb's dictionary form, a spelling variant unidic normalised) is
-    placed through the field's surfaces, which needs a second MeCab pass over
-    that field only.
+    placed through the first surface MeCab gave it in that field.
     """
 
     def __init__(self, doc: Document, analysed: Analysed, tokenizer: Tokenizer, prior_keywords: dict[str, list[str]]) -> None:
@@ -541,10 +539,19 @@ class _SpanLocator:
         return self._span(name, a, b)
 
     def _surface(self, name: str, term: str) -> str | None:
-        if name not in self._surfaces:
-            # dict() keeps the last value of a key: reversed, the first occurrence wins.
-            self._surfaces[name] = dict(reversed(self.tokenizer.pairs(self.analysed.norm[name])))
-        return self._surfaces[name].get(term)
+        surfaces = self._surfaces.get(name)
+        if surfaces is None:
+            surfaces = self._surfaces[name] = {}
+            tokens = self.analysed.mecab.get(name)
+            if tokens is None or self.tokenizer.compounds:
+                pairs = self.tokenizer.pairs(self.analysed.norm[name])
+            else:
+                feature = self.tokenizer.feature
+                pairs = [(feature(lemma), surface) for lemma, surface in tokens]  # first occurrences first
+            for f, surface in pairs:
+                if f is not None:
+                    surfaces.setdefault(f, surface)
+        return surfaces.get(term)
 
     def find(self, block: str, term: str, weight: float) -> Evidence | None:
         """Return the evidence for feature ``term`` of feature block ``block``, or None if it cannot be placed."""

@@ -74,17 +74,14 @@ class Token:
     end: int
 
 
-# MeCab output formats. Counting (the hot path) needs pos1, pos2 and the lemma (the
-# surface for unknown words); explanations also need surfaces, and run a second tagger
-# only for the few terms they cannot place directly (issue 2: every byte MeCab writes
-# is read again by Python).
-_COUNT_FORMAT = r'-F "%f[0]\t%f[1]\t%f[7]\n" -U "%f[0]\t%f[1]\t%m\n" -E ""'
-_SURFACE_FORMAT = r'-F "%f[0]\t%f[1]\t%f[7]\t%m\n" -U "%f[0]\t%f[1]\t%m\t%m\n" -E ""'
+# One MeCab line per morpheme: pos1, pos2, lemma (the surface for unknown words), surface.
+# Surfaces cost about 5% more MeCab time than lemmas alone, and spare explanations a
+# second MeCab pass to place verbs and spelling variants (issue 2).
+_NODE_FORMAT = r'-F "%f[0]\t%f[1]\t%f[7]\t%m\n" -U "%f[0]\t%f[1]\t%m\t%m\n" -E ""'
 # Content words: nouns other than numerals, verbs, adjectives, adjectival nouns. The
-# regular expressions pick the lemma (and surface) of those lines in C, so no Python
-# code runs per particle or symbol.
-_CONTENT = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\n]*)$", re.M)
-_CONTENT_SURFACE = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\t\n]*)\t([^\n]*)$", re.M)
+# regular expression picks (lemma, surface) of those lines in C, so no Python code
+# runs per particle or symbol.
+_CONTENT = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\t\n]*)\t([^\n]*)$", re.M)
 # unidic lemmas of loanwords carry an English gloss: "コンピューター-computer".
 _GLOSS = re.compile(r"(?<=.)-[A-Za-z].*")
 # Runs of two or more nouns, prefixes and suffixes: compound nouns (量子+ビット+制御).
@@ -120,7 +117,6 @@ class Tokenizer:
         self.compounds = compounds
         self.english_stop = english_stop
         self._tagger: Any = None
-        self._surface_tagger: Any = None
         self._features: dict[str, str | None] = {}
         self._stop: frozenset[str] = frozenset()
 
@@ -152,7 +148,7 @@ class Tokenizer:
 
     def _get_tagger(self) -> Any:
         if self._tagger is None:
-            self._tagger = self._make_tagger(_COUNT_FORMAT)
+            self._tagger = self._make_tagger(_NODE_FORMAT)
         return self._tagger
 
     def feature(self, lemma: str) -> str | None:
@@ -176,10 +172,12 @@ class Tokenizer:
             self._features[lemma] = feature
         return feature
 
-    def lemma_counts(self, norm: str) -> Counter[str]:
-        """Return MeCab's content-word lemmas of normalised text with their counts, before :meth:`feature` maps them.
+    def token_counts(self, norm: str) -> Counter[tuple[str, str]]:
+        """Return each (lemma, lower-cased surface) of the content words of normalised text with its count.
 
-        Not for a tokenizer with ``compounds`` (compound nouns need surfaces). Empty text gives an empty Counter.
+        Keys are in order of first occurrence; :meth:`feature` maps a lemma to
+        its feature. Not for a tokenizer with ``compounds`` (use
+        :meth:`counts`). Empty text gives an empty Counter.
         """
         if not norm or norm.isspace():
             return Counter()
@@ -196,7 +194,7 @@ class Tokenizer:
                 out[feature] = out.get(feature, 0) + 1
             return out
         feature_of = self.feature
-        for lemma, n in self.lemma_counts(norm).items():
+        for (lemma, _), n in self.token_counts(norm).items():
             feature = feature_of(lemma)
             if feature is not None:
                 out[feature] = out.get(feature, 0) + n
@@ -210,11 +208,9 @@ class Tokenizer:
         """
         if not norm or norm.isspace():
             return []
-        if self._surface_tagger is None:
-            self._surface_tagger = self._make_tagger(_SURFACE_FORMAT)
-        out = self._surface_tagger.parse(norm.lower())
+        out = self._get_tagger().parse(norm.lower())
         feature_of = self.feature
-        pairs = [(f, surface) for lemma, surface in _CONTENT_SURFACE.findall(out) if (f := feature_of(lemma)) is not None]
+        pairs = [(f, surface) for lemma, surface in _CONTENT.findall(out) if (f := feature_of(lemma)) is not None]
         if self.compounds:
             for block in _NOUN_RUN.findall(out + "\n"):
                 parts = [line.rsplit("\t", 1)[-1] for line in block.splitlines()]
