@@ -334,16 +334,18 @@ class Scorer:
                 cache = self._lemma_cols[b]
                 if len(cache) > _LEMMA_CACHE_LIMIT:
                     cache.clear()
-                feature = self.tokenizer().feature
-                for key, n in a.mecab[block.name].items():
-                    j = cache.get(key)
-                    if j is None:
-                        f = key if compounds else feature(key[0])
-                        j = cache[key] = -1 if f is None else vocab.get(f, -1)
-                    if j >= 0:
-                        cols.append(j)
-                        counts.append(n)
-                        segs.append(seg)
+                tokens = a.mecab[block.name]
+                # Columns of all tokens at C speed; -1 (no feature, or not in the vocabulary) is dropped in _score.
+                found = list(map(cache.get, tokens))
+                if None in found:
+                    feature = self.tokenizer().feature
+                    for k, key in enumerate(tokens):
+                        if found[k] is None:
+                            f = key if compounds else feature(key[0])
+                            found[k] = cache[key] = -1 if f is None else vocab.get(f, -1)
+                cols.extend(found)  # type: ignore[arg-type]
+                counts.extend(tokens.values())
+                segs.extend([seg] * len(found))
                 continue
             if block.name == "program":
                 feats = self._program(doc.program)
@@ -369,6 +371,9 @@ class Scorer:
         col = np.asarray(out[0], dtype=np.intp)
         n = np.asarray(out[1], dtype=np.float64)
         seg = np.asarray(out[2], dtype=np.intp)
+        known = col >= 0
+        if not known.all():
+            col, n, seg = col[known], n[known], seg[known]
         # Add up the entries of one column in one segment (two lemmas with one feature);
         # sorted by (segment, column), the entries stay in document order.
         key, first, inverse = np.unique(seg * self.coef_t.shape[0] + col, return_index=True, return_inverse=True)
