@@ -674,11 +674,14 @@ class Health(BaseModel):
     redis: str | None = None
 
 
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
 def _no_bad_chars(value: Any) -> Any:
     """Reject NUL and lone surrogates in any text (they cannot be stored or answered as UTF-8)."""
     texts = value if isinstance(value, list) else [value]
     for text in texts:
-        if isinstance(text, str) and ("\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text)):
+        if isinstance(text, str) and _BAD_CHARS.search(text):
             raise ValueError("holds a NUL character or an unpaired surrogate (not valid text)")
     return value
 
