@@ -246,3 +246,20 @@ def test_taxonomy_resolve_ids_orders_dedupes_and_reports() -> None:
     assert ids == ["quantum", "space"]
     assert [i for i, _ in problems] == [3, 4]
     assert "warp" in problems[0][1] and "is a pillar" in problems[1][1]
+
+
+def test_scorer_equals_pipeline_with_compounds_and_char_ngrams() -> None:
+    # The optional blocks (compound nouns, character n-grams) go through the scorer too.
+    from classifier.corpus import load_corpus
+
+    data = load_corpus(load_taxonomy())
+    sub = data.subset(list(range(0, len(data), 3)))
+    weights = {**ModelConfig().weights, "chars": 0.5}
+    model = train_model(sub.docs, sub.domains, sub.pillars, load_taxonomy(), ModelConfig(cv=3, compounds=True, weights=weights))
+    docs = [
+        Document("a", title="超伝導量子ビット制御", abstract="量子ビット制御の誤り訂正と表面符号", keywords="量子計算"),
+        Document("b", abstract="Small satellites for Earth observation", program="SBIR Phase I"),
+    ]
+    reference = model.classifier.predict_proba(model.transform(docs))
+    assert model.scorer().blocks[-1].name == "chars"
+    assert np.allclose(model.predict_proba(docs), reference, atol=1e-6)
