@@ -44,7 +44,7 @@ _BLOCK_KINDS = {
 }
 _ASCII_WORD_END = re.compile(r"[a-z0-9]*")
 #: Distinct lemmas a text block remembers the column of before starting over.
-_LEMMA_CACHE_LIMIT = 500_000
+_LEMMA_CACHE_LIMIT = 200_000
 
 
 @dataclass

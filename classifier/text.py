@@ -87,7 +87,7 @@ _GLOSS = re.compile(r"(?<=.)-[A-Za-z].*")
 # Runs of two or more nouns, prefixes and suffixes: compound nouns (量子+ビット+制御).
 _NOUN_RUN = re.compile(r"(?:^(?:名詞\t(?!数詞)|接頭辞\t|接尾辞\t)[^\n]*\n){2,}", re.M)
 #: Distinct lemmas a tokenizer remembers the feature of before starting over.
-_CACHE_LIMIT = 500_000
+_CACHE_LIMIT = 200_000
 
 
 def english_stop_words() -> frozenset[str]:
