@@ -141,10 +141,14 @@ def score_kind(ids: list[str], y_true: np.ndarray, y_pred: np.ndarray, proba: np
     for i in range(len(y_true)):
         t, pr = y_true[i], y_pred[i]
         if not t.any() and not pr.any():
-            dp.append(1.0), dr.append(1.0), df.append(1.0)
+            dp.append(1.0)
+            dr.append(1.0)
+            df.append(1.0)
             continue
         p, r, f = _prf(float((t & pr).sum()), float((~t & pr).sum()), float((t & ~pr).sum()))
-        dp.append(p), dr.append(r), df.append(f)
+        dp.append(p)
+        dr.append(r)
+        df.append(f)
     figures = {
         "micro_precision": mp,
         "micro_recall": mr,

@@ -225,7 +225,7 @@ class Scorer:
             "idf": self.idf,
         }
         with (directory / ARRAYS_FILE).open("wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
         tables = {**self.tables, "version": self.version}
         (directory / TABLES_FILE).write_text(json.dumps(tables, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
         return [ARRAYS_FILE, TABLES_FILE]
@@ -326,9 +326,9 @@ class Scorer:
             if block.name in TEXT_FIELDS:
                 if block.name == "keywords" and a.norm["keywords"]:
                     for f, n in keyword_features(a.norm["keywords"]).items():
-                        j = vocab.get(f)
-                        if j is not None:
-                            cols.append(j)
+                        c = vocab.get(f)
+                        if c is not None:
+                            cols.append(c)
                             counts.append(n)
                             segs.append(seg)
                 cache = self._lemma_cols[b]
@@ -341,8 +341,8 @@ class Scorer:
                     feature = self.tokenizer().feature
                     for k, key in enumerate(tokens):
                         if found[k] is None:
-                            f = key if compounds else feature(key[0])
-                            found[k] = cache[key] = -1 if f is None else vocab.get(f, -1)
+                            feat = key if compounds else feature(key[0])
+                            found[k] = cache[key] = -1 if feat is None else vocab.get(feat, -1)
                 cols.extend(found)  # type: ignore[arg-type]
                 counts.extend(tokens.values())
                 segs.extend([seg] * len(found))
@@ -354,9 +354,9 @@ class Scorer:
             else:
                 feats = self._char_features(a.text, block.params)
             for f, n in Counter(feats).items():
-                j = vocab.get(f)
-                if j is not None:
-                    cols.append(j)
+                c = vocab.get(f)
+                if c is not None:
+                    cols.append(c)
                     counts.append(n)
                     segs.append(seg)
 
@@ -377,7 +377,7 @@ class Scorer:
         # Add up the entries of one column in one segment (two lemmas with one feature);
         # sorted by (segment, column), the entries stay in document order.
         key, first, inverse = np.unique(seg * self.coef_t.shape[0] + col, return_index=True, return_inverse=True)
-        n = np.bincount(inverse, weights=n, minlength=len(key))
+        n = np.bincount(inverse, weights=n, minlength=len(key)).astype(np.float64, copy=False)
         col, seg = col[first], seg[first]
         row = seg // len(self.blocks)
         starts = np.searchsorted(row, np.arange(len(docs) + 1))
@@ -548,8 +548,9 @@ class _SpanLocator:
         if surfaces is None:
             surfaces = self._surfaces[name] = {}
             tokens = self.analysed.mecab.get(name)
+            pairs: list[tuple[str | None, str]]
             if tokens is None or self.tokenizer.compounds:
-                pairs = self.tokenizer.pairs(self.analysed.norm[name])
+                pairs = list(self.tokenizer.pairs(self.analysed.norm[name]))
             else:
                 feature = self.tokenizer.feature
                 pairs = [(feature(lemma), surface) for lemma, surface in tokens]  # first occurrences first

@@ -195,9 +195,9 @@ class Tokenizer:
             return out
         feature_of = self.feature
         for (lemma, _), n in self.token_counts(norm).items():
-            feature = feature_of(lemma)
-            if feature is not None:
-                out[feature] = out.get(feature, 0) + n
+            f = feature_of(lemma)
+            if f is not None:
+                out[f] = out.get(f, 0) + n
         return out
 
     def pairs(self, norm: str) -> list[tuple[str, str]]:
