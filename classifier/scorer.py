@@ -466,9 +466,10 @@ class Scorer:
         return self._names
 
     def _prior_keyword_lists(self) -> dict[str, list[str]]:
+        # Longest first, ties by spelling: a set's order changes with the hash seed of each process.
         if self._prior_words is None:
             self._prior_words = {
-                label: sorted({w.lower() for w in words if w.strip()}, key=len, reverse=True)
+                label: sorted({w.lower() for w in words if w.strip()}, key=lambda w: (-len(w), w))
                 for label, words in self.prior_keywords.items()
             }
         return self._prior_words
