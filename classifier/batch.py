@@ -51,12 +51,23 @@ _WORKER_OPTS: dict[str, Any] = {}
 _WORKER_RENDER: Callable[[dict[str, Any]], str] | None = None
 
 
-def _predict_chunk(docs: list[Document]) -> list[Any]:
-    preds = [p.as_dict() for p in _WORKER_MODEL.predict(docs, **_WORKER_OPTS)]
-    if _WORKER_RENDER is None:
-        return preds
-    # Rendered where it was classified: the parent process only writes strings out.
-    return [_WORKER_RENDER({**p, "status": "ok"}) for p in preds]
+def _classify_chunk(records: list[RawRecord]) -> list[Outcome]:
+    """Turn a chunk of raw records into documents and classify them, in the process that runs it."""
+    items = list(to_documents(records))
+    docs = [d for _, d, _ in items if d is not None]
+    preds = iter(_WORKER_MODEL.predict(docs, **_WORKER_OPTS) if docs else [])
+    out = []
+    for rec, doc, err in items:
+        if doc is None:
+            out.append(Outcome(str(rec.raw_id or ""), rec.where, error=err))
+            continue
+        pred = next(preds).as_dict()
+        if _WORKER_RENDER is None:
+            out.append(Outcome(doc.id, rec.where, prediction=pred))
+        else:
+            # Rendered where it was classified: the parent process only writes strings out.
+            out.append(Outcome(doc.id, rec.where, rendered=_WORKER_RENDER({**pred, "status": "ok"})))
+    return out
 
 
 def classify_records(
@@ -81,44 +92,34 @@ def classify_records(
     global _WORKER_MODEL, _WORKER_OPTS, _WORKER_RENDER
     _WORKER_MODEL, _WORKER_OPTS, _WORKER_RENDER = model, predict_opts, render
 
-    def chunks() -> Iterator[list[tuple[RawRecord, Document | None, str | None]]]:
-        buf: list[tuple[RawRecord, Document | None, str | None]] = []
-        for item in to_documents(records):
-            buf.append(item)
+    def chunks() -> Iterator[list[RawRecord]]:
+        buf: list[RawRecord] = []
+        for rec in records:
+            buf.append(rec)
             if len(buf) >= chunk_size:
                 yield buf
                 buf = []
         if buf:
             yield buf
 
-    def emit(chunk: list[tuple[RawRecord, Document | None, str | None]], preds: list[Any]) -> Iterator[Outcome]:
-        it = iter(preds)
-        for rec, doc, err in chunk:
-            rid = doc.id if doc is not None else str(rec.raw_id or "")
-            if doc is None:
-                yield Outcome(rid, rec.where, error=err)
-            elif render is not None:
-                yield Outcome(rid, rec.where, rendered=next(it))
-            else:
-                yield Outcome(rid, rec.where, prediction=next(it))
+    def emit(outcomes: list[Outcome]) -> Iterator[Outcome]:
+        yield from outcomes
         if progress:
-            progress(len(chunk))
+            progress(len(outcomes))
 
     jobs = max(1, min(jobs, os.cpu_count() or 1))
     if jobs == 1 or "fork" not in mp.get_all_start_methods():
         for chunk in chunks():
-            docs = [d for _, d, _ in chunk if d is not None]
-            yield from emit(chunk, _predict_chunk(docs) if docs else [])
+            yield from emit(_classify_chunk(chunk))
         return
     ctx = mp.get_context("fork")
     with ctx.Pool(jobs) as pool:
-        pending: list[tuple[list[Any], Any]] = []
+        pending: list[Any] = []
         for chunk in chunks():
-            docs = [d for _, d, _ in chunk if d is not None]
-            pending.append((chunk, pool.apply_async(_predict_chunk, (docs,))))
+            # Raw records go to the workers, which build and check the documents too.
+            pending.append(pool.apply_async(_classify_chunk, (chunk,)))
             # Keep a bounded number of chunks in flight so memory stays flat on big files.
             while len(pending) > jobs * 2:
-                done_chunk, result = pending.pop(0)
-                yield from emit(done_chunk, result.get())
-        for done_chunk, result in pending:
-            yield from emit(done_chunk, result.get())
+                yield from emit(pending.pop(0).get())
+        for result in pending:
+            yield from emit(result.get())
