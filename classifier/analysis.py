@@ -30,35 +30,54 @@ def passthrough(tokens: list[str]) -> list[str]:
 
 @dataclass
 class Analysed:
-    """A document after text analysis: feature counts and normalised text per text field."""
+    """A document after text analysis: normalised text and tokens per text field.
+
+    ``counts`` (feature counts, the keywords field with its ``kw=`` features)
+    is filled for training; ``mecab`` (MeCab's (lemma, surface) counts, or
+    feature counts with compound nouns) for prediction, which maps tokens to
+    columns itself and keeps surfaces for explanations.
+    """
 
     counts: dict[str, dict[str, int]]
     norm: dict[str, str]
     text: str = field(default="")
-    #: Per text field, MeCab's (lemma, surface) counts, where the prediction path keeps them.
     mecab: dict[str, Any] = field(default_factory=dict)
+    #: The lower-cased normalised fields (``text`` is them joined).
+    low: dict[str, str] = field(default_factory=dict)
 
     def tokens(self, name: str) -> list[str]:
         """The features of text field ``name``, each repeated as often as it occurs."""
         return [f for f, n in self.counts[name].items() for _ in range(n)]
 
 
-def analyse_document(doc: Document, tokenizer: Tokenizer) -> Analysed:
-    """Analyse the text fields of one document.
+def analyse_document(doc: Document, tokenizer: Tokenizer, *, for_prediction: bool = False) -> Analysed:
+    """Analyse the text fields of one document: each field normalised, lower-cased and parsed by MeCab once.
 
-    The keywords field also gets one ``kw=<keyword>`` feature per whole
-    keyword; ``text`` is the lower-cased normalised title, abstract and
-    keywords, where keyword priors are looked for.
+    For training (the default) the analysis holds feature counts, the
+    keywords field also one ``kw=<keyword>`` feature per whole keyword; with
+    ``for_prediction`` it holds MeCab's token counts instead (see
+    :class:`Analysed`). ``text`` is the lower-cased normalised title, abstract
+    and keywords, where keyword priors are looked for.
     """
     counts: dict[str, dict[str, int]] = {}
+    mecab: dict[str, Any] = {}
     norms: dict[str, str] = {}
+    lows: dict[str, str] = {}
     for name in TEXT_FIELDS:
         norm = normalize(getattr(doc, name))
-        norms[name] = norm
-        counts[name] = tokenizer.counts(norm)
-    if norms["keywords"]:
+        low = norm.lower()
+        norms[name], lows[name] = norm, low
+        if tokenizer.compounds:
+            found: Any = tokenizer.counts(norm)  # compound nouns are built from surfaces
+        else:
+            found = tokenizer.token_counts(low)
+        if for_prediction:
+            mecab[name] = found
+        else:
+            counts[name] = found if tokenizer.compounds else tokenizer.features_of(found)
+    if not for_prediction and norms["keywords"]:
         counts["keywords"] = {**keyword_features(norms["keywords"]), **counts["keywords"]}
-    return Analysed(counts, norms, joined_text(norms))
+    return Analysed(counts, norms, " ".join(lows[name] for name in TEXT_FIELDS), mecab, lows)
 
 
 def keyword_features(norm: str) -> dict[str, int]:
@@ -69,11 +88,6 @@ def keyword_features(norm: str) -> dict[str, int]:
         if len(k) > 3:
             whole[k] = whole.get(k, 0) + 1
     return whole
-
-
-def joined_text(norms: dict[str, str]) -> str:
-    """The lower-cased normalised title, abstract and keywords, where keyword priors are looked for."""
-    return " ".join((norms["title"], norms["abstract"], norms["keywords"])).lower()
 
 
 def analyse_documents(docs: list[Document], tokenizer: Tokenizer) -> tuple[Any, list[Analysed]]:

@@ -24,24 +24,24 @@ from typing import Any
 
 import numpy as np
 
-from classifier.analysis import TEXT_FIELDS, Analysed, FieldCodeAnalyzer, PriorMatcher, ProgramAnalyzer, joined_text, keyword_features
+from classifier.analysis import (
+    TEXT_FIELDS,
+    Analysed,
+    FieldCodeAnalyzer,
+    PriorMatcher,
+    ProgramAnalyzer,
+    analyse_document,
+    keyword_features,
+)
 from classifier.documents import Document
 from classifier.errors import ModelIntegrityError
-from classifier.text import Tokenizer, normalize, normalize_with_offsets
+from classifier.text import Tokenizer, english_stop_words, normalize_with_offsets
 
 ARRAYS_FILE = "scorer.npz"
 TABLES_FILE = "scorer.json"
 
-#: Feature blocks in a model's column order and what analyses each.
-_BLOCK_KINDS = {
-    "title": "tokens",
-    "abstract": "tokens",
-    "keywords": "tokens",
-    "program": "program",
-    "field": "field",
-    "prior": "prior",
-    "chars": "chars",
-}
+#: The feature blocks this scorer reproduces (classifier.features.build_features).
+_BLOCKS = frozenset({"title", "abstract", "keywords", "program", "field", "prior", "chars"})
 _ASCII_WORD_END = re.compile(r"[a-z0-9]*")
 #: Distinct lemmas a text block remembers the column of before starting over.
 _LEMMA_CACHE_LIMIT = 200_000
@@ -136,9 +136,9 @@ class Scorer:
         if self.coef_t.shape != (n_features, k) or self.idf.shape != (n_features,) or self._thresholds.shape != (k,):
             raise ModelIntegrityError(f"model {self.version}: its arrays do not fit its feature tables; retrain it")
         # Per column: block index, whether it is a TF-IDF column (else a log-count prior column), and its weight.
-        self._col_block = np.repeat(np.arange(len(self.blocks)), [b.size for b in self.blocks])
-        self._tfidf = np.array([b.name != "prior" for b in self.blocks])[self._col_block]
-        self._weight = np.array([b.weight for b in self.blocks], dtype=np.float64)[self._col_block]
+        col_block = np.repeat(np.arange(len(self.blocks)), [b.size for b in self.blocks])
+        self._tfidf = np.array([b.name != "prior" for b in self.blocks])[col_block]
+        self._weight = np.array([b.weight for b in self.blocks], dtype=np.float64)[col_block]
         self._vocab: list[dict[str, int] | None] = [
             None if b.terms is None else {t: b.offset + j for j, t in enumerate(b.terms)} for b in self.blocks
         ]
@@ -170,7 +170,7 @@ class Scorer:
             span = ct.output_indices_[name]
             size = span.stop - span.start
             block: dict[str, Any] = {"name": name, "offset": span.start, "size": size, "weight": float(weights.get(name, 1.0))}
-            if name not in _BLOCK_KINDS:
+            if name not in _BLOCKS:
                 raise ModelIntegrityError(f"model {model.version}: feature block {name!r} is unknown to this granttag; retrain it")
             if name == "prior":
                 block["terms"] = None
@@ -191,8 +191,6 @@ class Scorer:
             elif isinstance(getattr(transformer, "analyzer", None), FieldCodeAnalyzer):
                 crosswalk = crosswalk or dict(transformer.analyzer.crosswalk)
         tokenizer = model.tokenizer()
-        if tokenizer.english_stop is None:
-            tokenizer._setup()
         tables = {
             "version": model.version,
             "domain_ids": list(model.domain_ids),
@@ -202,7 +200,7 @@ class Scorer:
             "prior_keywords": model.prior_keywords,
             "prior": prior,
             "crosswalk": crosswalk,
-            "tokenizer": {"compounds": tokenizer.compounds, "english_stop": sorted(tokenizer.english_stop or ())},
+            "tokenizer": {"compounds": tokenizer.compounds, "english_stop": sorted(tokenizer.english_stop or english_stop_words())},
             "blocks": blocks,
         }
         clf = model.classifier
@@ -286,22 +284,6 @@ class Scorer:
             ).build_analyzer()
         return list(self._chars(text))
 
-    def _analyse(self, doc: Document) -> Analysed:
-        """Normalise and tokenise one document's text fields.
-
-        The analysis holds the normalised fields, the prior text and, per text
-        field, MeCab's (lemma, surface) counts (or, with compound nouns,
-        feature counts).
-        """
-        tokenizer = self.tokenizer()
-        norms: dict[str, str] = {}
-        tokens: dict[str, Any] = {}
-        for name in TEXT_FIELDS:
-            norm = normalize(getattr(doc, name))
-            norms[name] = norm
-            tokens[name] = tokenizer.counts(norm) if tokenizer.compounds else tokenizer.token_counts(norm)
-        return Analysed({}, norms, joined_text(norms), tokens)
-
     def _entries(self, doc: Document, a: Analysed, out: tuple[list[int], list[float], list[int]], row: int) -> None:
         """Append the (column, count, block segment) entries of one analysed document.
 
@@ -316,56 +298,48 @@ class Scorer:
         for b, block in enumerate(self.blocks):
             seg = row * nb + b
             vocab = self._vocab[b]
+            found: dict[int, float] = {}  # column -> count, for the blocks other than the text fields' tokens
             if block.name == "prior":
-                for j, n in self._prior_matcher().counts(a.text, doc.field).items():
-                    cols.append(block.offset + j)
-                    counts.append(n)
-                    segs.append(seg)
+                found = {block.offset + j: n for j, n in self._prior_matcher().counts(a.text, doc.field).items()}
+            else:
+                assert vocab is not None
+                if block.name in TEXT_FIELDS:
+                    feats: dict[str, int] = keyword_features(a.norm["keywords"]) if block.name == "keywords" and a.norm["keywords"] else {}
+                elif block.name == "program":
+                    feats = Counter(self._program(doc.program))
+                elif block.name == "field":
+                    feats = Counter(self._field(doc.field))
+                else:
+                    feats = Counter(self._char_features(a.text, block.params))
+                found = {c: n for f, n in feats.items() if (c := vocab.get(f)) is not None}
+            cols.extend(found)
+            counts.extend(found.values())
+            segs.extend([seg] * len(found))
+            if block.name not in TEXT_FIELDS:
                 continue
             assert vocab is not None
-            if block.name in TEXT_FIELDS:
-                if block.name == "keywords" and a.norm["keywords"]:
-                    for f, n in keyword_features(a.norm["keywords"]).items():
-                        c = vocab.get(f)
-                        if c is not None:
-                            cols.append(c)
-                            counts.append(n)
-                            segs.append(seg)
-                cache = self._lemma_cols[b]
-                if len(cache) > _LEMMA_CACHE_LIMIT:
-                    cache.clear()
-                tokens = a.mecab[block.name]
-                # Columns of all tokens at C speed; -1 (no feature, or not in the vocabulary) is dropped in _score.
-                found = list(map(cache.get, tokens))
-                if None in found:
-                    feature = self.tokenizer().feature
-                    for k, key in enumerate(tokens):
-                        if found[k] is None:
-                            feat = key if compounds else feature(key[0])
-                            found[k] = cache[key] = -1 if feat is None else vocab.get(feat, -1)
-                cols.extend(found)  # type: ignore[arg-type]
-                counts.extend(tokens.values())
-                segs.extend([seg] * len(found))
-                continue
-            if block.name == "program":
-                feats = self._program(doc.program)
-            elif block.name == "field":
-                feats = self._field(doc.field)
-            else:
-                feats = self._char_features(a.text, block.params)
-            for f, n in Counter(feats).items():
-                c = vocab.get(f)
-                if c is not None:
-                    cols.append(c)
-                    counts.append(n)
-                    segs.append(seg)
+            cache = self._lemma_cols[b]
+            if len(cache) > _LEMMA_CACHE_LIMIT:
+                cache.clear()
+            tokens = a.mecab[block.name]
+            # Columns of all tokens at C speed; -1 (no feature, or not in the vocabulary) is dropped in _score.
+            columns = list(map(cache.get, tokens))
+            if None in columns:
+                feature = self.tokenizer().feature
+                for k, key in enumerate(tokens):
+                    if columns[k] is None:
+                        feat = key if compounds else feature(key[0])
+                        columns[k] = cache[key] = -1 if feat is None else vocab.get(feat, -1)
+            cols.extend(columns)  # type: ignore[arg-type]
+            counts.extend(tokens.values())
+            segs.extend([seg] * len(columns))
 
     def _score(self, docs: list[Document]) -> tuple[list[Analysed], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Analyse ``docs``; return their analyses, calibrated probabilities, and the per-entry columns, contributions and row starts."""
         analysed: list[Analysed] = []
         out: tuple[list[int], list[float], list[int]] = ([], [], [])
         for i, doc in enumerate(docs):
-            a = self._analyse(doc)
+            a = analyse_document(doc, self.tokenizer(), for_prediction=True)
             analysed.append(a)
             self._entries(doc, a, out, i)
         col = np.asarray(out[0], dtype=np.intp)
@@ -376,11 +350,10 @@ class Scorer:
             col, n, seg = col[known], n[known], seg[known]
         # Add up the entries of one column in one segment (two lemmas with one feature);
         # sorted by (segment, column), the entries stay in document order.
-        key, first, inverse = np.unique(seg * self.coef_t.shape[0] + col, return_index=True, return_inverse=True)
-        n = np.bincount(inverse, weights=n, minlength=len(key)).astype(np.float64, copy=False)
+        _, first, inverse = np.unique(seg * self.coef_t.shape[0] + col, return_index=True, return_inverse=True)
+        n = np.bincount(inverse, weights=n, minlength=len(first)).astype(np.float64, copy=False)
         col, seg = col[first], seg[first]
-        row = seg // len(self.blocks)
-        starts = np.searchsorted(row, np.arange(len(docs) + 1))
+        row_starts = np.searchsorted(seg // len(self.blocks), np.arange(len(docs) + 1))
         tfidf = self._tfidf[col]
         # TF-IDF blocks: (1 + log tf) * idf, then unit length per document and block
         # (TfidfVectorizer with sublinear_tf, norm="l2"); the prior block: log(1 + count).
@@ -390,7 +363,6 @@ class Scorer:
             value = np.where(tfidf, value / np.where(norms[seg] > 0, norms[seg], 1.0), value)
         value *= self._weight[col]
         contrib = self.coef_t[col] * value[:, None]
-        row_starts = starts
         scores = np.zeros((len(docs), self.coef_t.shape[1]))
         filled = np.flatnonzero(row_starts[1:] > row_starts[:-1])
         if len(filled):
@@ -509,20 +481,14 @@ class _SpanLocator:
         self.analysed = analysed
         self.tokenizer = tokenizer
         self.prior_keywords = prior_keywords
-        self._low: dict[str, str] = {}
         self._surfaces: dict[str, dict[str, str]] = {}
         self._offsets: dict[str, tuple[list[int], list[int]] | None] = {}
         self._found: dict[tuple[str, str], tuple[str, str, int, int] | None] = {}
 
     def _lower(self, name: str) -> str:
-        low = self._low.get(name)
-        if low is None:
-            norm = self.analysed.norm[name]
-            low = norm.lower()
-            if len(low) != len(norm):  # a rare letter whose lower case is longer
-                low = norm
-            self._low[name] = low
-        return low
+        low = self.analysed.low[name]
+        # A rare letter whose lower case is longer would shift every offset: search the normalised text then.
+        return low if len(low) == len(self.analysed.norm[name]) else self.analysed.norm[name]
 
     def _span(self, name: str, a: int, b: int) -> tuple[str, str, int, int]:
         """Map normalised [a, b) of field ``name`` to (original text, field, start, end)."""

@@ -172,33 +172,39 @@ class Tokenizer:
             self._features[lemma] = feature
         return feature
 
-    def token_counts(self, norm: str) -> Counter[tuple[str, str]]:
-        """Return each (lemma, lower-cased surface) of the content words of normalised text with its count.
+    def token_counts(self, low: str) -> Counter[tuple[str, str]]:
+        """Return each (lemma, surface) of the content words of lower-cased normalised text with its count.
 
-        Keys are in order of first occurrence; :meth:`feature` maps a lemma to
-        its feature. Not for a tokenizer with ``compounds`` (use
-        :meth:`counts`). Empty text gives an empty Counter.
+        ``low`` is ``normalize(text).lower()``. Keys are in order of first
+        occurrence; :meth:`features_of` turns them into feature counts. Not
+        for a tokenizer with ``compounds`` (use :meth:`counts`). Empty text
+        gives an empty Counter.
         """
-        if not norm or norm.isspace():
+        if not low or low.isspace():
             return Counter()
-        return Counter(_CONTENT.findall(self._get_tagger().parse(norm.lower())))
+        return Counter(_CONTENT.findall(self._get_tagger().parse(low)))
+
+    def features_of(self, tokens: Counter[tuple[str, str]]) -> dict[str, int]:
+        """Return the feature counts of :meth:`token_counts`' output."""
+        out: dict[str, int] = {}
+        feature_of = self.feature
+        for (lemma, _), n in tokens.items():
+            f = feature_of(lemma)
+            if f is not None:
+                out[f] = out.get(f, 0) + n
+        return out
 
     def counts(self, norm: str) -> dict[str, int]:
         """Return each feature of normalised text with how often it occurs.
 
         Raises nothing; empty text gives {}.
         """
-        out: dict[str, int] = {}
         if self.compounds:
+            out: dict[str, int] = {}
             for feature, _ in self.pairs(norm):
                 out[feature] = out.get(feature, 0) + 1
             return out
-        feature_of = self.feature
-        for (lemma, _), n in self.token_counts(norm).items():
-            f = feature_of(lemma)
-            if f is not None:
-                out[f] = out.get(f, 0) + n
-        return out
+        return self.features_of(self.token_counts(norm.lower()))
 
     def pairs(self, norm: str) -> list[tuple[str, str]]:
         """Return (feature, surface) for each content word of normalised text, in order.
