@@ -45,7 +45,6 @@ class Writer:
         self.fmt = fmt
         self.path = path
         self._fh: IO[str] | None = None
-        self._csv: Any = None
         self._book: Any = None
         self._sheet: Any = None
         if fmt == "xlsx":
@@ -59,8 +58,7 @@ class Writer:
             return
         self._fh = path.open("w", encoding="utf-8", newline="") if path else sys.stdout
         if fmt in ("csv", "tsv"):
-            self._csv = csv.DictWriter(self._fh, CSV_COLUMNS, delimiter="\t" if fmt == "tsv" else ",")
-            self._csv.writeheader()
+            csv.DictWriter(self._fh, CSV_COLUMNS, delimiter="\t" if fmt == "tsv" else ",").writeheader()
 
     def renderer(self) -> Callable[[dict[str, Any]], str] | None:
         """Return a function giving an outcome's exact text in this format (None for XLSX), to run in worker processes."""
