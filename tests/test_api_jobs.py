@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +19,7 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from tests.helpers import copy_active_model, redis_answers, redis_client  # noqa: E402
 from tests.test_api import ADMIN, BROKER, CLASSIFY, bearer, make_settings  # noqa: E402
 
 #: Upper bound for a job here, so a broken worker fails the test instead of hanging it (not a speed check).
@@ -27,16 +27,11 @@ JOB_TIMEOUT = 300
 
 
 def _redis() -> Any:
-    import redis
-
-    return redis.Redis.from_url(BROKER, socket_connect_timeout=2, socket_timeout=5)
+    return redis_client(BROKER)
 
 
 def _redis_answers() -> bool:
-    try:
-        return bool(_redis().ping())
-    except Exception:  # noqa: BLE001 - any failure means no Redis here
-        return False
+    return redis_answers(BROKER)
 
 
 pytestmark = pytest.mark.skipif(not _redis_answers(), reason="needs Redis on 127.0.0.1:6379 (started by .ci/run)")
@@ -45,14 +40,10 @@ pytestmark = pytest.mark.skipif(not _redis_answers(), reason="needs Redis on 127
 @pytest.fixture(scope="module")
 def stack(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
     """A real `granttag worker` on Redis database 13 and an API app using the real worker.jobs."""
-    from classifier import store
     from granttag.api import create_app
 
     models = tmp_path_factory.mktemp("api-jobs-models")
-    version = store.active_version(model_root)
-    assert version is not None
-    shutil.copytree(model_root / version, models / version)
-    store.activate(version, models)
+    copy_active_model(model_root, models)
     data = tmp_path_factory.mktemp("api-jobs-data")
     env = {
         **os.environ,

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import redis_answers, redis_client
 from tests.test_retrain import FAST, REDIS_TEST_URL, make_split, shuffled
 from tests.test_tag_data import make_projects_db
 
@@ -30,16 +31,11 @@ TIMEOUT = 600
 
 
 def _redis() -> Any:
-    import redis
-
-    return redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2, socket_timeout=5)
+    return redis_client(REDIS_TEST_URL)
 
 
 def _redis_answers() -> bool:
-    try:
-        return bool(_redis().ping())
-    except Exception:  # noqa: BLE001
-        return False
+    return redis_answers(REDIS_TEST_URL)
 
 
 pytestmark = pytest.mark.skipif(not _redis_answers(), reason="needs Redis on 127.0.0.1:6379 (started by .ci/run)")

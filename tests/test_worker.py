@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import copy_active_model, redis_answers, redis_client
 from tests.test_tag_data import make_projects_db
 
 REDIS_DB = 11
@@ -35,17 +36,12 @@ PG_URL = "postgresql://root@127.0.0.1:5432/test"
 JOB_TIMEOUT = 400
 
 
-def _redis(db: int = REDIS_DB) -> Any:
-    import redis
-
-    return redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=2, socket_timeout=5)
+def _redis() -> Any:
+    return redis_client(BROKER)
 
 
 def _redis_answers() -> bool:
-    try:
-        return bool(_redis().ping())
-    except Exception:  # noqa: BLE001
-        return False
+    return redis_answers(BROKER)
 
 
 def _redis_up(seconds: float = 15) -> bool:
@@ -63,13 +59,8 @@ pytestmark = pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.
 @pytest.fixture(scope="module")
 def wenv(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment for the test process and its workers: own model store (a copy), data dir and Redis database."""
-    from classifier import store
-
     root = tmp_path_factory.mktemp("worker-models")
-    version = store.active_version(model_root)
-    assert version is not None
-    shutil.copytree(model_root / version, root / version)
-    store.activate(version, root)
+    copy_active_model(model_root, root)
     env = {
         "GRANTTAG_BROKER_URL": BROKER,
         "GRANTTAG_RESULT_BACKEND": BROKER,
