@@ -33,7 +33,7 @@ class Analysed:
     """A document after text analysis: normalised text and tokens per text field.
 
     ``counts`` (feature counts, the keywords field with its ``kw=`` features)
-    is filled for training; ``mecab`` (MeCab's (lemma, surface) counts, or
+    is filled for training; ``mecab`` (MeCab's morpheme counts, or
     feature counts with compound nouns) for prediction, which maps tokens to
     columns itself and keeps surfaces for explanations.
     """

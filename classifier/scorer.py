@@ -35,7 +35,7 @@ from classifier.analysis import (
 )
 from classifier.documents import Document
 from classifier.errors import ModelIntegrityError
-from classifier.text import Tokenizer, english_stop_words, normalize_with_offsets
+from classifier.text import Tokenizer, english_stop_words, key_surface, normalize_with_offsets
 
 ARRAYS_FILE = "scorer.npz"
 TABLES_FILE = "scorer.json"
@@ -43,8 +43,8 @@ TABLES_FILE = "scorer.json"
 #: The feature blocks this scorer reproduces (classifier.features.build_features).
 _BLOCKS = frozenset({"title", "abstract", "keywords", "program", "field", "prior", "chars"})
 _ASCII_WORD_END = re.compile(r"[a-z0-9]*")
-#: Distinct lemmas a text block remembers the column of before starting over.
-_LEMMA_CACHE_LIMIT = 200_000
+#: Distinct morphemes a text block remembers the column of before starting over.
+_MORPHEME_CACHE_LIMIT = 200_000
 
 
 @dataclass
@@ -142,7 +142,7 @@ class Scorer:
         self._vocab: list[dict[str, int] | None] = [
             None if b.terms is None else {t: b.offset + j for j, t in enumerate(b.terms)} for b in self.blocks
         ]
-        self._lemma_cols: list[dict[str, int]] = [{} for _ in self.blocks]
+        self._morpheme_cols: list[dict[str, int]] = [{} for _ in self.blocks]
         self._tokenizer: Tokenizer | None = None
         self._program = ProgramAnalyzer()
         self._field = FieldCodeAnalyzer(tables.get("crosswalk") or {})
@@ -287,8 +287,9 @@ class Scorer:
     def _entries(self, doc: Document, a: Analysed, out: tuple[list[int], list[float], list[int]], row: int) -> None:
         """Append the (column, count, block segment) entries of one analysed document.
 
-        A text block maps each distinct (lemma, surface) to its column once per
-        process (``_lemma_cols``), so the per-word work is one dictionary lookup.
+        A text block maps each distinct MeCab morpheme (left id and surface) to
+        its column once per process (``_morpheme_cols``), so the per-word work is
+        one dictionary lookup.
         Two lemmas may share a feature (a stem, a spelling); :meth:`_score`
         adds such entries up.
         """
@@ -318,17 +319,17 @@ class Scorer:
             if block.name not in TEXT_FIELDS:
                 continue
             assert vocab is not None
-            cache = self._lemma_cols[b]
-            if len(cache) > _LEMMA_CACHE_LIMIT:
+            cache = self._morpheme_cols[b]
+            if len(cache) > _MORPHEME_CACHE_LIMIT:
                 cache.clear()
             tokens = a.mecab[block.name]
             # Columns of all tokens at C speed; -1 (no feature, or not in the vocabulary) is dropped in _score.
             columns = list(map(cache.get, tokens))
             if None in columns:
-                feature = self.tokenizer().feature
+                feature = self.tokenizer().key_feature
                 for k, key in enumerate(tokens):
                     if columns[k] is None:
-                        feat = key if compounds else feature(key[0])
+                        feat = key if compounds else feature(key)
                         columns[k] = cache[key] = -1 if feat is None else vocab.get(feat, -1)
             cols.extend(columns)  # type: ignore[arg-type]
             counts.extend(tokens.values())
@@ -519,8 +520,8 @@ class _SpanLocator:
             if tokens is None or self.tokenizer.compounds:
                 pairs = list(self.tokenizer.pairs(self.analysed.norm[name]))
             else:
-                feature = self.tokenizer.feature
-                pairs = [(feature(lemma), surface) for lemma, surface in tokens]  # first occurrences first
+                feature = self.tokenizer.key_feature
+                pairs = [(feature(key), key_surface(key)) for key in tokens]  # first occurrences first
             for f, surface in pairs:
                 if f is not None:
                     surfaces.setdefault(f, surface)

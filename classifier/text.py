@@ -3,14 +3,18 @@
 One path serves Japanese, English and mixed text: MeCab (through fugashi) splits
 the whole string; Japanese content words become lemmas, ASCII words become
 lower-cased English stems. The tagger is built lazily in each process and never
-pickled (fugashi#54), and MeCab's output is read as one string per document,
-which is several times faster than reading features node by node (fugashi#98,
-issue 2). Compound nouns were measured as extra features and dropped: they
-lowered domain micro-F1 on the dev set (0.740 with, 0.753 without).
+pickled (fugashi#54). MeCab writes only each morpheme's left context id and
+surface, read as one string per field (per-token feature objects run at a
+quarter of MeCab's speed, fugashi#98, and formatting lemmas in MeCab doubled its
+time: issue 2); what a morpheme means is looked up once per distinct morpheme.
+Compound nouns were measured as extra features and dropped: they lowered domain
+micro-F1 on the dev set (0.740 with, 0.753 without).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -74,13 +78,23 @@ class Token:
     end: int
 
 
+# MeCab writes each morpheme as "<left context id>,<surface> " and nothing else: the
+# id is an integer MeCab has at hand, so this output costs little more than its plain
+# word splitting (-Owakati), where formatting lemmas and parts of speech (%f[...])
+# doubled MeCab's time (issue 2). The surfaces of a text are counted by str.split and
+# Counter in C. The id says the part of speech (the dictionary's left-id.def); the
+# lemma of a content word is looked up once per distinct (id, surface).
+_KEYED_FORMAT = '-O "" -F "%phl,%m " -U "%phl,%m " -E ""'
 # One MeCab line per morpheme: pos1, pos2, lemma (the surface for unknown words), surface.
-# Surfaces cost about 5% more MeCab time than lemmas alone, and spare explanations a
-# second MeCab pass to place verbs and spelling variants (issue 2).
-_NODE_FORMAT = r'-F "%f[0]\t%f[1]\t%f[7]\t%m\n" -U "%f[0]\t%f[1]\t%m\t%m\n" -E ""'
-# Content words: nouns other than numerals, verbs, adjectives, adjectival nouns. The
-# regular expression picks (lemma, surface) of those lines in C, so no Python code
-# runs per particle or symbol.
+_NODE_FORMAT = r'-O "" -F "%f[0]\t%f[1]\t%f[7]\t%m\n" -U "%f[0]\t%f[1]\t%m\t%m\n" -E ""'
+# A surface alone: left id, "pos1 pos2", lemma (the surface for unknown words).
+_SINGLE_FORMAT = r'-O "" -F "%phl\t%f[0] %f[1]\t%f[7]\n" -U "%phl\t%f[0] %f[1]\t%m\n" -E ""'
+# Every dictionary entry and unknown-word candidate of a surface (-a): left id, start
+# and end byte, word cost, "pos1 pos2", lemma.
+_ENTRY_FORMAT = r'-a -O "" -F "%phl\t%ps\t%pe\t%pw\t%f[0] %f[1]\t%f[7]\n" -U "%phl\t%ps\t%pe\t%pw\t%f[0] %f[1]\t%m\n" -E ""'
+# "pos1 pos2" of a content word.
+_CONTENT_POS = re.compile(r"(?:名詞 (?!数詞)|動詞 |形容詞 |形状詞 )")
+# Content words: nouns other than numerals, verbs, adjectives, adjectival nouns.
 _CONTENT = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\t\n]*)\t([^\n]*)$", re.M)
 # unidic lemmas of loanwords carry an English gloss: "コンピューター-computer".
 _GLOSS = re.compile(r"(?<=.)-[A-Za-z].*")
@@ -101,23 +115,31 @@ def english_stop_words() -> frozenset[str]:
 class Tokenizer:
     """Japanese/English tokenizer over fugashi + unidic-lite; holds configuration only.
 
-    MeCab runs once over the whole lower-cased normalised text with a compact
-    node format and its output is read as one string (issue 2: per-token
-    feature objects run at a quarter of MeCab's speed). Japanese content words
-    become lemmas, ASCII words Snowball stems. The feature of each distinct
-    lemma is worked out once and remembered. ``compounds`` adds compound nouns
-    (runs of two to four nouns, written together) as extra features; off by
-    default because it lowered dev-set F1. ``english_stop`` is the English
-    stop list (default: :func:`english_stop_words`; a saved model carries its
-    own, so classifying needs no scikit-learn). Taggers are created on first
-    use in each process and dropped when pickled (fugashi#54).
+    MeCab splits the whole lower-cased normalised text into surfaces
+    (``-Owakati``), read as one string (issue 2: per-token feature objects
+    run at a quarter of MeCab's speed). The feature of each distinct surface
+    is worked out once, from MeCab's analysis of that surface alone, and
+    remembered: Japanese content words (nouns other than numerals, verbs,
+    adjectives, adjectival nouns) become their lemmas, ASCII words Snowball
+    stems; other words and stop words have none. ``compounds`` adds compound
+    nouns (runs of two to four nouns, written together) as extra features;
+    off by default because it lowered dev-set F1. ``english_stop`` is the
+    English stop list (default: :func:`english_stop_words`; a saved model
+    carries its own, so classifying needs no scikit-learn). Taggers are
+    created on first use in each process and dropped when pickled
+    (fugashi#54).
     """
 
     def __init__(self, compounds: bool = False, english_stop: frozenset[str] | None = None) -> None:
         self.compounds = compounds
         self.english_stop = english_stop
         self._tagger: Any = None
+        self._node_tagger: Any = None
+        self._single_tagger: Any = None
+        self._entry_tagger: Any = None
+        self._content: frozenset[int] | None = None
         self._features: dict[str, str | None] = {}
+        self._key_features: dict[str, str | None] = {}
         self._stop: frozenset[str] = frozenset()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -137,19 +159,24 @@ class Tokenizer:
         self._stem = snowballstemmer.stemmer("english").stemWord
         self._stop = _JA_STOP | self.english_stop
 
-    def _make_tagger(self, node_format: str) -> Any:
+    def _make_tagger(self, options: str) -> Any:
+        # unidic-lite's dicrc sets output-format-type; -O "" in each format clears it.
         import fugashi
         import unidic_lite
 
         if not self._stop:
             self._setup()
-        # unidic-lite's dicrc sets output-format-type; -O "" clears it so our format applies.
-        return fugashi.GenericTagger(f'-r /dev/null -d "{unidic_lite.DICDIR}" -O "" {node_format}')
+        return fugashi.GenericTagger(f'-r /dev/null -d "{unidic_lite.DICDIR}" {options}')
 
     def _get_tagger(self) -> Any:
         if self._tagger is None:
-            self._tagger = self._make_tagger(_NODE_FORMAT)
+            self._tagger = self._make_tagger(_KEYED_FORMAT)
         return self._tagger
+
+    def _get_node_tagger(self) -> Any:
+        if self._node_tagger is None:
+            self._node_tagger = self._make_tagger(_NODE_FORMAT)
+        return self._node_tagger
 
     def feature(self, lemma: str) -> str | None:
         """The feature of a lemma (gloss stripped, English stemmed), or None for a stop word."""
@@ -172,24 +199,85 @@ class Tokenizer:
             self._features[lemma] = feature
         return feature
 
-    def token_counts(self, low: str) -> Counter[tuple[str, str]]:
-        """Return each (lemma, surface) of the content words of lower-cased normalised text with its count.
+    def key_feature(self, key: str) -> str | None:
+        """The feature of one ``"<left id>,<surface>"`` morpheme of :meth:`token_counts`, or None.
+
+        A content word (a noun other than a numeral, a verb, an adjective, an
+        adjectival noun) gives the feature of its lemma (:meth:`feature`),
+        anything else none. Each key is worked out once, from the key alone,
+        so a word's feature never depends on the words around it.
+        """
+        feature = self._key_features.get(key, "")
+        if feature == "":
+            lid, _, surface = key.partition(",")
+            # The dictionary's left-id.def rules out particles, symbols and the like at once.
+            if lid.isdigit() and int(lid) in self._content_ids() and surface:
+                lemma = self._content_lemma(lid, surface)
+                feature = None if lemma is None else self.feature(lemma)
+            else:
+                feature = None
+            if len(self._key_features) >= _CACHE_LIMIT:
+                self._key_features.clear()
+            self._key_features[key] = feature
+        return feature
+
+    def _content_ids(self) -> frozenset[int]:
+        if self._content is None:
+            import unidic_lite
+
+            self._content = content_ids(unidic_lite.DICDIR)
+        return self._content
+
+    def _content_lemma(self, lid: str, surface: str) -> str | None:
+        """The lemma of the entry spelt ``surface`` with left id ``lid``, or None if it is no content word.
+
+        Usually MeCab reads the surface alone as that one entry. Otherwise
+        every dictionary and unknown-word entry spanning the whole surface is
+        listed (-a), and the one with that left id and the lowest word cost
+        is taken. Its own part of speech decides (unknown-word entries share
+        left ids across parts of speech). A surface that cannot be placed in
+        the dictionary is taken as an unknown noun: its lemma is itself.
+        """
+        if self._single_tagger is None:
+            self._single_tagger = self._make_tagger(_SINGLE_FORMAT)
+        first, _, rest = self._single_tagger.parse(surface).partition("\n")
+        if not rest:
+            got, pos, lemma = first.split("\t", 2)
+            if got == lid:
+                return lemma if _CONTENT_POS.match(pos) else None
+        if self._entry_tagger is None:
+            self._entry_tagger = self._make_tagger(_ENTRY_FORMAT)
+        end = str(len(surface.encode("utf-8")))
+        best: tuple[int, str, str] | None = None
+        for line in self._entry_tagger.parse(surface).splitlines():
+            got, start, stop, cost, pos, lemma = line.split("\t", 5)
+            if got == lid and start == "0" and stop == end:
+                candidate = (int(cost), pos, lemma)
+                if best is None or candidate < best:
+                    best = candidate
+        if best is None:
+            return surface
+        return best[2] if _CONTENT_POS.match(best[1]) else None
+
+    def token_counts(self, low: str) -> Counter[str]:
+        """Return each morpheme of lower-cased normalised text as ``"<left id>,<surface>"``, with its count.
 
         ``low`` is ``normalize(text).lower()``. Keys are in order of first
-        occurrence; :meth:`features_of` turns them into feature counts. Not
-        for a tokenizer with ``compounds`` (use :meth:`counts`). Empty text
-        gives an empty Counter.
+        occurrence and include words with no feature; :meth:`features_of`
+        turns them into feature counts and :func:`key_surface` gives a key's
+        surface. Not for a tokenizer with ``compounds`` (use :meth:`counts`).
+        Empty text gives an empty Counter.
         """
         if not low or low.isspace():
             return Counter()
-        return Counter(_CONTENT.findall(self._get_tagger().parse(low)))
+        return Counter(self._get_tagger().parse(low).split())
 
-    def features_of(self, tokens: Counter[tuple[str, str]]) -> dict[str, int]:
+    def features_of(self, tokens: Counter[str]) -> dict[str, int]:
         """Return the feature counts of :meth:`token_counts`' output."""
         out: dict[str, int] = {}
-        feature_of = self.feature
-        for (lemma, _), n in tokens.items():
-            f = feature_of(lemma)
+        feature_of = self.key_feature
+        for key, n in tokens.items():
+            f = feature_of(key)
             if f is not None:
                 out[f] = out.get(f, 0) + n
         return out
@@ -209,15 +297,17 @@ class Tokenizer:
     def pairs(self, norm: str) -> list[tuple[str, str]]:
         """Return (feature, surface) for each content word of normalised text, in order.
 
-        Surfaces are lower-cased; the features are those :meth:`counts` counts.
+        Surfaces are lower-cased; the features are those :meth:`counts` counts
+        (with ``compounds``, the compound nouns follow the words).
         Raises nothing; empty text gives [].
         """
         if not norm or norm.isspace():
             return []
-        out = self._get_tagger().parse(norm.lower())
-        feature_of = self.feature
-        pairs = [(f, surface) for lemma, surface in _CONTENT.findall(out) if (f := feature_of(lemma)) is not None]
+        low = norm.lower()
+        feature_of = self.key_feature
+        pairs = [(f, key_surface(key)) for key in self._get_tagger().parse(low).split() if (f := feature_of(key)) is not None]
         if self.compounds:
+            out = self._get_node_tagger().parse(low)
             for block in _NOUN_RUN.findall(out + "\n"):
                 parts = [line.rsplit("\t", 1)[-1] for line in block.splitlines()]
                 if 2 <= len(parts) <= 4 and not all(p.isascii() for p in parts):
@@ -247,6 +337,28 @@ class Tokenizer:
             pos = start + len(surface)
             tokens.append(Token(feature, norm[start:pos], start, pos))
         return tokens
+
+
+def key_surface(key: str) -> str:
+    """The surface of a ``"<left id>,<surface>"`` key of :meth:`Tokenizer.token_counts`."""
+    return key.partition(",")[2]
+
+
+@functools.lru_cache(maxsize=4)
+def content_ids(dicdir: str) -> frozenset[int]:
+    """The left context ids of content words in a MeCab dictionary (its left-id.def).
+
+    Content words are nouns other than numerals, verbs, adjectives and
+    adjectival nouns (unidic's 名詞 but 数詞, 動詞, 形容詞, 形状詞).
+    """
+    ids = set()
+    with open(os.path.join(dicdir, "left-id.def"), encoding="utf-8") as fh:
+        for line in fh:
+            number, _, feature = line.strip().partition(" ")
+            pos = feature.split(",")
+            if pos[0] in ("動詞", "形容詞", "形状詞") or (pos[0] == "名詞" and pos[1:2] != ["数詞"]):
+                ids.add(int(number))
+    return frozenset(ids)
 
 
 _KW_SPLIT = re.compile(r"\s*[;；、,，/|]\s*|\n")

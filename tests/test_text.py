@@ -134,3 +134,27 @@ def test_split_keywords() -> None:
 def test_tokenizer_compounds_on_request(text: str, compound: str) -> None:
     assert compound in Tokenizer(compounds=True).features(text)
     assert compound not in TOK.features(text)
+
+
+@pytest.mark.parametrize(
+    "text, absent, present",
+    [
+        ("ペロブスカイト太陽電池の高効率化", "化ける", "ペロブスカイト"),  # 化 here is a suffix, not the verb
+        ("新たな知見を得た", "得", "知見"),  # 得 here is the verb 得る (a stop word), not the noun
+        ("x-ray; imaging [a] _ ┃ 量子", ";", "量子"),  # unknown symbols share a noun's left id
+    ],
+)
+def test_tokenizer_reads_part_of_speech_in_context(text: str, absent: str, present: str) -> None:
+    feats = Tokenizer().features(text)
+    assert absent not in feats and present in feats, feats
+
+
+def test_tokenizer_features_do_not_depend_on_what_came_before() -> None:
+    # Each morpheme's feature is worked out once per process and remembered:
+    # a warmed tokenizer and a fresh one give the same features.
+    warm = Tokenizer()
+    for text in ("化ける狐", "得をする", "方が良い", "コンピュータ方式"):
+        warm.features(text)
+    text = "高効率化の方式により新たな知見を得た。コンピュータで計算する"
+    assert warm.features(text) == Tokenizer().features(text)
+    assert "コンピューター" in warm.features(text)  # unidic's lemma of the spelling コンピュータ
