@@ -153,9 +153,11 @@ class PriorMatcher:
     """Counts each label's taxonomy keywords in lower-cased text, plus crosswalk hits for a field code.
 
     ``keywords`` maps a label id to its keyword list; ``labels`` fixes the
-    column order. Matching is one Aho-Corasick pass (pyahocorasick); an ASCII
-    keyword must stand between word boundaries. A field code whose section
-    maps to a domain counts as ``crosswalk_weight`` hits for it.
+    column order. Matching is one Aho-Corasick pass that reports every
+    occurrence, overlapping ones included (ahocorasick_rs, about four times
+    faster than pyahocorasick here: issue 2); an ASCII keyword must stand
+    between word boundaries. A field code whose section maps to a domain
+    counts as ``crosswalk_weight`` hits for it.
     """
 
     def __init__(
@@ -165,24 +167,23 @@ class PriorMatcher:
         crosswalk: dict[str, list[str]] | None = None,
         crosswalk_weight: float = 1.0,
     ) -> None:
-        import ahocorasick
+        import ahocorasick_rs
 
         self.labels = labels
         self.crosswalk = crosswalk or {}
         self.crosswalk_weight = crosswalk_weight
         self._index = {label: j for j, label in enumerate(labels)}
-        auto = ahocorasick.Automaton()
         entries: dict[str, set[int]] = {}
         for label, words in keywords.items():
             for w in words:
                 key = normalize(w).strip().lower()
                 if key and label in self._index:
                     entries.setdefault(key, set()).add(self._index[label])
-        for key, cols in entries.items():
-            auto.add_word(key, (len(key), key.isascii(), tuple(sorted(cols))))
-        if entries:
-            auto.make_automaton()
-        self._auto = auto if entries else None
+        patterns = sorted(entries)
+        #: Per pattern: whether it is an ASCII word (checked for word boundaries) and its label columns.
+        self._ascii = [p.isascii() for p in patterns]
+        self._cols = [tuple(sorted(entries[p])) for p in patterns]
+        self._auto = ahocorasick_rs.AhoCorasick(patterns) if patterns else None
 
     def counts(self, text: str, code: str = "") -> dict[int, float]:
         """Return {label column: count} for lower-cased ``text`` and field ``code``."""
@@ -195,13 +196,11 @@ class PriorMatcher:
                     out[j] = out.get(j, 0.0) + self.crosswalk_weight
         if self._auto is None or not text:
             return out
-        last = len(text) - 1
-        for end, (length, ascii_word, cols) in self._auto.iter(text):
-            if ascii_word:
-                start = end - length + 1
-                if (start > 0 and text[start - 1].isalnum()) or (end < last and text[end + 1].isalnum()):
-                    continue
-            for j in cols:
+        last = len(text)
+        for k, start, end in self._auto.find_matches_as_indexes(text, overlapping=True):
+            if self._ascii[k] and ((start > 0 and text[start - 1].isalnum()) or (end < last and text[end].isalnum())):
+                continue
+            for j in self._cols[k]:
                 out[j] = out.get(j, 0.0) + 1.0
         return out
 

@@ -26,7 +26,7 @@ class KeywordPrior(BaseEstimator, TransformerMixin):
     """Counts of each label's taxonomy keywords in a document's text, log-scaled, one column per label.
 
     ``keywords`` maps a label id to its keyword list. Matching is one
-    Aho-Corasick pass over the lower-cased text (pyahocorasick); an ASCII
+    Aho-Corasick pass over the lower-cased text (ahocorasick_rs); an ASCII
     keyword must stand between word boundaries. With a ``crosswalk`` (5-digit
     field code → domain ids) and a second input column holding the field
     code, a section that maps to a domain counts as ``crosswalk_weight``
