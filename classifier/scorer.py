@@ -15,7 +15,9 @@ scikit-learn pipeline's.
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,7 +49,7 @@ _ASCII_WORD_END = re.compile(r"[a-z0-9]*")
 _MORPHEME_CACHE_LIMIT = 200_000
 
 
-@dataclass
+@dataclass(slots=True)
 class Evidence:
     """A term that raised a label's score, with its place in the original field text."""
 
@@ -143,6 +145,10 @@ class Scorer:
             None if b.terms is None else {t: b.offset + j for j, t in enumerate(b.terms)} for b in self.blocks
         ]
         self._morpheme_cols: list[dict[str, int]] = [{} for _ in self.blocks]
+        self._value_cols: list[dict[str, list[tuple[int, float]]]] = [{} for _ in self.blocks]
+        self._field_cols = {block.name: self._morpheme_cols[b] for b, block in enumerate(self.blocks) if block.name in TEXT_FIELDS}
+        self._label_index = {label: j for j, label in enumerate(self.domain_ids + self.pillar_ids)}
+        self._domain_set = frozenset(self.domain_ids)
         self._tokenizer: Tokenizer | None = None
         self._program = ProgramAnalyzer()
         self._field = FieldCodeAnalyzer(tables.get("crosswalk") or {})
@@ -284,73 +290,99 @@ class Scorer:
             ).build_analyzer()
         return list(self._chars(text))
 
-    def _entries(self, doc: Document, a: Analysed, out: tuple[list[int], list[float], list[int]], row: int) -> None:
-        """Append the (column, count, block segment) entries of one analysed document.
+    def _entries(self, docs: list[Document], analysed: list[Analysed]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return the (column, count, segment) entries of analysed ``docs``, block by block.
 
-        A text block maps each distinct MeCab morpheme (left id and surface) to
-        its column once per process (``_morpheme_cols``), so the per-word work is
-        one dictionary lookup.
-        Two lemmas may share a feature (a stem, a spelling); :meth:`_score`
+        The segment of an entry is ``row * len(blocks) + block``; column -1
+        is a word with no feature or one outside the vocabulary. A text block
+        gathers the MeCab morphemes of the whole chunk and maps them to
+        columns in one pass at C speed: each distinct morpheme is looked up
+        once per process (``_morpheme_cols``). Program names and field codes
+        repeat across records and are mapped once per distinct value. Two
+        morphemes may share a feature (a stem, a spelling); :meth:`_score`
         adds such entries up.
         """
-        cols, counts, segs = out
         nb = len(self.blocks)
-        compounds = self.tokenizer().compounds
+        rows = np.arange(len(docs), dtype=np.intp) * nb
+        tokenizer = self.tokenizer()
+        cols: list[int] = []
+        counts: list[float] = []
+        segs: list[int] = []
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+        def add(found: dict[int, float] | list[tuple[int, float]], seg: int) -> None:
+            for c, n in found.items() if isinstance(found, dict) else found:
+                cols.append(c)
+                counts.append(n)
+                segs.append(seg)
+
         for b, block in enumerate(self.blocks):
-            seg = row * nb + b
             vocab = self._vocab[b]
-            found: dict[int, float] = {}  # column -> count, for the blocks other than the text fields' tokens
             if block.name == "prior":
-                found = {block.offset + j: n for j, n in self._prior_matcher().counts(a.text, doc.field).items()}
-            else:
-                assert vocab is not None
-                if block.name in TEXT_FIELDS:
-                    feats: dict[str, int] = keyword_features(a.norm["keywords"]) if block.name == "keywords" and a.norm["keywords"] else {}
-                elif block.name == "program":
-                    feats = Counter(self._program(doc.program))
-                elif block.name == "field":
-                    feats = Counter(self._field(doc.field))
-                else:
-                    feats = Counter(self._char_features(a.text, block.params))
-                found = {c: n for f, n in feats.items() if (c := vocab.get(f)) is not None}
-            cols.extend(found)
-            counts.extend(found.values())
-            segs.extend([seg] * len(found))
-            if block.name not in TEXT_FIELDS:
+                matcher = self._prior_matcher()
+                for i, (doc, a) in enumerate(zip(docs, analysed, strict=True)):
+                    add([(block.offset + j, n) for j, n in matcher.counts(a.text, doc.field).items()], i * nb + b)
                 continue
             assert vocab is not None
-            cache = self._morpheme_cols[b]
-            if len(cache) > _MORPHEME_CACHE_LIMIT:
-                cache.clear()
-            tokens = a.mecab[block.name]
-            # Columns of all tokens at C speed; -1 (no feature, or not in the vocabulary) is dropped in _score.
-            columns = list(map(cache.get, tokens))
-            if None in columns:
-                feature = self.tokenizer().key_feature
-                for k, key in enumerate(tokens):
-                    if columns[k] is None:
-                        feat = key if compounds else feature(key)
-                        columns[k] = cache[key] = -1 if feat is None else vocab.get(feat, -1)
-            cols.extend(columns)  # type: ignore[arg-type]
-            counts.extend(tokens.values())
-            segs.extend([seg] * len(columns))
+            if block.name in TEXT_FIELDS:
+                parts.append(self._token_entries(b, block.name, vocab, analysed, rows, tokenizer))
+                if block.name == "keywords":
+                    for i, a in enumerate(analysed):
+                        if a.norm["keywords"]:
+                            feats = keyword_features(a.norm["keywords"])
+                            add([(c, n) for f, n in feats.items() if (c := vocab.get(f)) is not None], i * nb + b)
+            elif block.name in ("program", "field"):
+                memo = self._value_cols[b]
+                analyzer: Any = self._program if block.name == "program" else self._field
+                for i, doc in enumerate(docs):
+                    value = getattr(doc, block.name)
+                    hit = memo.get(value)
+                    if hit is None:
+                        if len(memo) > _MORPHEME_CACHE_LIMIT:
+                            memo.clear()
+                        hit = memo[value] = [(c, float(n)) for f, n in Counter(analyzer(value)).items() if (c := vocab.get(f)) is not None]
+                    add(hit, i * nb + b)
+            else:
+                for i, a in enumerate(analysed):
+                    feats = Counter(self._char_features(a.text, block.params))
+                    add([(c, n) for f, n in feats.items() if (c := vocab.get(f)) is not None], i * nb + b)
+        parts.append((np.asarray(cols, dtype=np.intp), np.asarray(counts, dtype=np.float64), np.asarray(segs, dtype=np.intp)))
+        return tuple(np.concatenate(x) for x in zip(*parts, strict=True))  # type: ignore[return-value]
+
+    def _token_entries(
+        self, b: int, name: str, vocab: dict[str, int], analysed: list[Analysed], rows: np.ndarray, tokenizer: Tokenizer
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The entries of text field ``name`` (block ``b``) of every document of the chunk."""
+        cache = self._morpheme_cols[b]
+        if len(cache) > _MORPHEME_CACHE_LIMIT:
+            cache.clear()
+        keys: list[str] = []
+        tf: list[int] = []
+        lens: list[int] = []
+        for a in analysed:
+            tokens = a.mecab[name]
+            keys.extend(tokens)
+            tf.extend(tokens.values())
+            lens.append(len(tokens))
+        found = list(map(cache.get, keys))
+        if None in found:
+            feature = tokenizer.key_feature
+            for key in set(itertools.compress(keys, map(operator.is_, found, itertools.repeat(None)))):
+                feat = key if tokenizer.compounds else feature(key)
+                cache[key] = -1 if feat is None else vocab.get(feat, -1)
+            found = list(map(cache.__getitem__, keys))
+        return np.asarray(found, dtype=np.intp), np.asarray(tf, dtype=np.float64), np.repeat(rows + b, lens)
 
     def _score(self, docs: list[Document]) -> tuple[list[Analysed], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Analyse ``docs``; return their analyses, calibrated probabilities, and the per-entry columns, contributions and row starts."""
-        analysed: list[Analysed] = []
-        out: tuple[list[int], list[float], list[int]] = ([], [], [])
-        for i, doc in enumerate(docs):
-            a = analyse_document(doc, self.tokenizer(), for_prediction=True)
-            analysed.append(a)
-            self._entries(doc, a, out, i)
-        col = np.asarray(out[0], dtype=np.intp)
-        n = np.asarray(out[1], dtype=np.float64)
-        seg = np.asarray(out[2], dtype=np.intp)
+        tokenizer = self.tokenizer()
+        analysed = [analyse_document(doc, tokenizer, for_prediction=True) for doc in docs]
+        col, n, seg = self._entries(docs, analysed)
         known = col >= 0
         if not known.all():
             col, n, seg = col[known], n[known], seg[known]
-        # Add up the entries of one column in one segment (two lemmas with one feature);
-        # sorted by (segment, column), the entries stay in document order.
+        # Add up the entries of one column in one segment (two morphemes with one feature);
+        # sorted by (segment, column).
         _, first, inverse = np.unique(seg * self.coef_t.shape[0] + col, return_index=True, return_inverse=True)
         n = np.bincount(inverse, weights=n, minlength=len(first)).astype(np.float64, copy=False)
         col, seg = col[first], seg[first]
@@ -409,22 +441,20 @@ class Scorer:
         analysed, proba, col, contrib, row_starts = self._score(docs)
         yes = self.decide(proba, threshold)
         ids = self.label_ids
-        nd = len(self.domain_ids)
         out = []
         for i, doc in enumerate(docs):
-            row = proba[i]
-            picked: dict[str, list[LabelScore]] = {"domain": [], "pillar": []}
-            for j in np.flatnonzero(yes[i]):
-                picked["domain" if j < nd else "pillar"].append(LabelScore(ids[j], float(row[j])))
-            for kind in picked:
-                picked[kind].sort(key=lambda s: -s.score)
-                if top_k is not None:
-                    picked[kind] = picked[kind][:top_k]
-            labels = picked["domain"] + picked["pillar"]
-            if explain and labels:
+            row = proba[i].tolist()
+            picked = [LabelScore(ids[j], row[j]) for j in np.flatnonzero(yes[i]).tolist()]
+            picked.sort(key=lambda s: -s.score)  # stable: ties keep the label order
+            domains = [p for p in picked if p.id in self._domain_set]
+            pillars = [p for p in picked if p.id not in self._domain_set]
+            if top_k is not None:
+                domains, pillars = domains[:top_k], pillars[:top_k]
+            labels = domains + pillars
+            if explain and labels and row_starts[i + 1] > row_starts[i]:
                 s, e = row_starts[i], row_starts[i + 1]
                 self._explain(doc, analysed[i], col[s:e], contrib[s:e], labels, top_terms)
-            out.append(Prediction(doc.id, picked["domain"], picked["pillar"], dict(zip(ids, row.tolist(), strict=True)), self.version))
+            out.append(Prediction(doc.id, domains, pillars, dict(zip(ids, row, strict=True)), self.version))
         return out
 
     # --- explanations -------------------------------------------------
@@ -451,21 +481,34 @@ class Scorer:
         self, doc: Document, analysed: Analysed, cols: np.ndarray, contrib: np.ndarray, labels: list[LabelScore], top_terms: int
     ) -> None:
         names = self._feature_names()
-        index = {label: j for j, label in enumerate(self.label_ids)}
-        locator = _SpanLocator(doc, analysed, self.tokenizer(), self._prior_keyword_lists())
-        columns = contrib[:, [index[s.id] for s in labels]]
+        locator = _SpanLocator(doc, analysed, self.tokenizer(), self._prior_keyword_lists(), self._field_cols)
+        sub = contrib[:, [self._label_index[s.id] for s in labels]]
+        # Each label's entries, largest contribution first (stable: ties keep column order).
+        order = np.argsort(-sub, axis=0, kind="stable")
+        ranked = np.take_along_axis(sub, order, axis=0)
+        columns = cols[order]
+        find = locator.find
         for c, score in enumerate(labels):
-            values = columns[:, c]
             seen: set[str] = set()
-            for k in np.argsort(-values, kind="stable"):
-                weight = float(values[k])
-                if weight <= 0 or len(score.evidence) >= top_terms:
+            evidence = score.evidence
+            # Enough candidates for nearly every label; the rest only when some cannot be placed.
+            head = 3 * top_terms
+            weights = ranked[:head, c].tolist()
+            where = columns[:head, c].tolist()
+            k = 0
+            while k < len(weights) and len(evidence) < top_terms:
+                weight = weights[k]
+                if weight <= 0:
                     break
-                block, term = names[cols[k]]
-                ev = locator.find(block, term, weight)
-                if ev is not None and ev.term not in seen:
-                    seen.add(ev.term)
-                    score.evidence.append(ev)
+                column = where[k]
+                hit = find(names[column], column)
+                if hit is not None and hit[0] not in seen:
+                    seen.add(hit[0])
+                    evidence.append(Evidence(hit[0], hit[1], hit[2], hit[3], weight))
+                k += 1
+                if k == len(weights) and k == head and len(evidence) < top_terms:
+                    weights = ranked[:, c].tolist()
+                    where = columns[:, c].tolist()
 
 
 class _SpanLocator:
@@ -477,19 +520,35 @@ class _SpanLocator:
     placed through the first surface MeCab gave it in that field.
     """
 
-    def __init__(self, doc: Document, analysed: Analysed, tokenizer: Tokenizer, prior_keywords: dict[str, list[str]]) -> None:
+    def __init__(
+        self,
+        doc: Document,
+        analysed: Analysed,
+        tokenizer: Tokenizer,
+        prior_keywords: dict[str, list[str]],
+        field_cols: dict[str, dict[str, int]] | None = None,
+    ) -> None:
         self.doc = doc
         self.analysed = analysed
         self.tokenizer = tokenizer
         self.prior_keywords = prior_keywords
+        #: Per text field, the column of each MeCab morpheme (the scorer's caches).
+        self.field_cols = field_cols or {}
+        self._lows: dict[str, str] = {}
         self._surfaces: dict[str, dict[str, str]] = {}
+        self._token_cols: dict[str, tuple[list[str], list[int | None]]] = {}
         self._offsets: dict[str, tuple[list[int], list[int]] | None] = {}
-        self._found: dict[tuple[str, str], tuple[str, str, int, int] | None] = {}
+        self._found: dict[Any, tuple[str, str, int, int] | None] = {}
 
     def _lower(self, name: str) -> str:
-        low = self.analysed.low[name]
-        # A rare letter whose lower case is longer would shift every offset: search the normalised text then.
-        return low if len(low) == len(self.analysed.norm[name]) else self.analysed.norm[name]
+        low = self._lows.get(name)
+        if low is None:
+            low = self.analysed.low[name]
+            # A rare letter whose lower case is longer would shift every offset: search the normalised text then.
+            if len(low) != len(self.analysed.norm[name]):
+                low = self.analysed.norm[name]
+            self._lows[name] = low
+        return low
 
     def _span(self, name: str, a: int, b: int) -> tuple[str, str, int, int]:
         """Map normalised [a, b) of field ``name`` to (original text, field, start, end)."""
@@ -498,8 +557,9 @@ class _SpanLocator:
             norm = self.analysed.norm[name]
             self._offsets[name] = None if len(norm) == len(original) else normalize_with_offsets(original)[1:]
         offsets = self._offsets[name]
-        s, e = (a, b) if offsets is None else (offsets[0][a], offsets[1][b - 1])
-        return original[s:e], name, s, e
+        if offsets is not None:
+            a, b = offsets[0][a], offsets[1][b - 1]
+        return original[a:b], name, a, b
 
     def _at(self, name: str, needle: str) -> tuple[str, str, int, int] | None:
         low = self._lower(name)
@@ -511,39 +571,51 @@ class _SpanLocator:
             b = _ASCII_WORD_END.match(low, b).end()  # type: ignore[union-attr]
         return self._span(name, a, b)
 
-    def _surface(self, name: str, term: str) -> str | None:
+    def _surface(self, name: str, term: str, column: int | None) -> str | None:
+        """The first surface MeCab gave feature ``term`` (column ``column``) in field ``name``."""
+        tokens = self.analysed.mecab.get(name)
+        cache = self.field_cols.get(name)
+        if tokens is not None and cache is not None and column is not None and not self.tokenizer.compounds:
+            if name not in self._token_cols:
+                keys = list(tokens)
+                self._token_cols[name] = (keys, list(map(cache.get, keys)))
+            keys, found = self._token_cols[name]
+            try:
+                return key_surface(keys[found.index(column)])  # first occurrences first
+            except ValueError:
+                return None
         surfaces = self._surfaces.get(name)
         if surfaces is None:
             surfaces = self._surfaces[name] = {}
-            tokens = self.analysed.mecab.get(name)
-            pairs: list[tuple[str | None, str]]
-            if tokens is None or self.tokenizer.compounds:
-                pairs = list(self.tokenizer.pairs(self.analysed.norm[name]))
-            else:
-                feature = self.tokenizer.key_feature
-                pairs = [(feature(key), key_surface(key)) for key in tokens]  # first occurrences first
-            for f, surface in pairs:
-                if f is not None:
-                    surfaces.setdefault(f, surface)
+            for f, surface in self.tokenizer.pairs(self.analysed.norm[name]):
+                surfaces.setdefault(f, surface)
         return surfaces.get(term)
 
-    def find(self, block: str, term: str, weight: float) -> Evidence | None:
-        """Return the evidence for feature ``term`` of feature block ``block``, or None if it cannot be placed."""
-        key = (block, term)
-        if key not in self._found:
-            self._found[key] = self._find(block, term)
-        hit = self._found[key]
-        return None if hit is None else Evidence(hit[0], hit[1], hit[2], hit[3], weight)
+    def find(self, name: tuple[str, str], column: int | None = None) -> tuple[str, str, int, int] | None:
+        """Return (original text, field, start, end) of feature ``name`` = (block, term), or None if it cannot be placed.
 
-    def _find(self, block: str, term: str) -> tuple[str, str, int, int] | None:
+        ``column`` is the feature's model column; answers are remembered per feature.
+        """
+        key = name if column is None else column
+        found = self._found
+        if key in found:
+            return found[key]
+        hit = found[key] = self._find(name[0], name[1], column)
+        return hit
+
+    def _find(self, block: str, term: str, column: int | None) -> tuple[str, str, int, int] | None:
         if block in TEXT_FIELDS:
             if term.startswith("kw="):
                 return self._at(block, term[3:])
-            if not term.isascii() or term.isalpha():
+            if not term.isascii():
                 hit = self._at(block, term)
-                if hit is not None and (not term.isascii() or _starts_word(self._lower(block), term)):
+                if hit is not None:
                     return hit
-            surface = self._surface(block, term)
+            elif term.isalpha():
+                hit = self._at(block, term)
+                if hit is not None and _starts_word(self._lower(block), term):
+                    return hit
+            surface = self._surface(block, term, column)
             return self._at(block, surface) if surface else None
         if block in ("program", "field"):
             text = getattr(self.doc, block)
