@@ -37,7 +37,7 @@ MODEL_FILE = "model.joblib"
 META_FILE = "meta.json"
 ACTIVE_FILE = "ACTIVE"
 #: Bumped whenever the files change shape; older versions are refused with a message.
-FORMAT = 3
+FORMAT = 4
 
 
 def _sha256(path: Path) -> str:

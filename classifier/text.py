@@ -26,7 +26,10 @@ _JA_STOP = frozenset(
     "為る 成る 有る 居る 出来る 言う 行う 無い 良い 用いる 因る 於く 付く 見る 思う 持つ 得る 来る 行く 呉れる 貰う 置く "
     "事 物 為 等 様 所 上 中 下 方 時 際 後 前 度 点 的 性 化 者 毎 各 本 当 同 其の 此の 其れ 此れ 何 我 我々 "
     "研究 本研究 目的 結果 成果 方法 手法 検討 実施 明らか 可能 必要 重要 様々 多く 多い 高い 新た 新しい 具体 今後 "
-    "さらに 更に 又 及び 並びに 若しくは 或いは 即ち 特に 同時 現在 以上 以下 場合 対象 課題 問題 提案".split()
+    "さらに 更に 又 及び 並びに 若しくは 或いは 即ち 特に 同時 現在 以上 以下 場合 対象 課題 問題 提案 "
+    # Nouns are their surfaces: the formal nouns above as they are usually written.
+    "こと もの ため よう ところ とき なか うち ほか ほう かた さま たび まま わけ はず つもり "
+    "それぞれ さまざま ほとんど たくさん いずれ これ それ あれ どれ ここ そこ われわれ".split()
 )
 # Whitespace and control characters become a single space, one for one, so offsets are kept.
 _CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -92,6 +95,8 @@ _SINGLE_FORMAT = r'-O "" -F "%phl\t%f[0] %f[1]\t%f[7]\n" -U "%phl\t%f[0] %f[1]\t
 # Every dictionary entry and unknown-word candidate of a surface (-a): left id, start
 # and end byte, word cost, "pos1 pos2", lemma.
 _ENTRY_FORMAT = r'-a -O "" -F "%phl\t%ps\t%pe\t%pw\t%f[0] %f[1]\t%f[7]\n" -U "%phl\t%ps\t%pe\t%pw\t%f[0] %f[1]\t%m\n" -E ""'
+# A letter, digit or kana: what a word has and a run of symbols has not.
+_WORD_CHAR = re.compile(r"[^\W_]")
 # "pos1 pos2" of a content word.
 _CONTENT_POS = re.compile(r"(?:名詞 (?!数詞)|動詞 |形容詞 |形状詞 )")
 # Content words: nouns other than numerals, verbs, adjectives, adjectival nouns.
@@ -137,7 +142,7 @@ class Tokenizer:
         self._node_tagger: Any = None
         self._single_tagger: Any = None
         self._entry_tagger: Any = None
-        self._content: frozenset[int] | None = None
+        self._content: dict[int, str] | None = None
         self._features: dict[str, str | None] = {}
         self._key_features: dict[str, str | None] = {}
         self._stop: frozenset[str] = frozenset()
@@ -202,16 +207,22 @@ class Tokenizer:
     def key_feature(self, key: str) -> str | None:
         """The feature of one ``"<left id>,<surface>"`` morpheme of :meth:`token_counts`, or None.
 
-        A content word (a noun other than a numeral, a verb, an adjective, an
-        adjectival noun) gives the feature of its lemma (:meth:`feature`),
-        anything else none. Each key is worked out once, from the key alone,
-        so a word's feature never depends on the words around it.
+        The left id gives the part of speech (the dictionary's left-id.def).
+        A noun other than a numeral, or an adjectival noun, is its surface (a
+        surface of symbols alone is none); a verb or an adjective is its lemma,
+        looked up in the dictionary; anything else has no feature. Either goes
+        through :meth:`feature` (stop words, English stems). Each key is worked
+        out once, from the key alone, so a word's feature never depends on the
+        words around it.
         """
         feature = self._key_features.get(key, "")
         if feature == "":
             lid, _, surface = key.partition(",")
-            # The dictionary's left-id.def rules out particles, symbols and the like at once.
-            if lid.isdigit() and int(lid) in self._content_ids() and surface:
+            kind = self._kinds().get(int(lid)) if lid.isdigit() and surface else None
+            if kind == "noun":
+                # Unknown symbols share a noun's left id: a word has a letter, digit or kana in it.
+                feature = self.feature(surface) if _WORD_CHAR.search(surface) else None
+            elif kind == "inflected":
                 lemma = self._content_lemma(lid, surface)
                 feature = None if lemma is None else self.feature(lemma)
             else:
@@ -221,11 +232,11 @@ class Tokenizer:
             self._key_features[key] = feature
         return feature
 
-    def _content_ids(self) -> frozenset[int]:
+    def _kinds(self) -> dict[int, str]:
         if self._content is None:
             import unidic_lite
 
-            self._content = content_ids(unidic_lite.DICDIR)
+            self._content = content_kinds(unidic_lite.DICDIR)
         return self._content
 
     def _content_lemma(self, lid: str, surface: str) -> str | None:
@@ -345,20 +356,23 @@ def key_surface(key: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def content_ids(dicdir: str) -> frozenset[int]:
-    """The left context ids of content words in a MeCab dictionary (its left-id.def).
+def content_kinds(dicdir: str) -> dict[int, str]:
+    """The left context ids of content words in a MeCab dictionary (its left-id.def), by kind.
 
-    Content words are nouns other than numerals, verbs, adjectives and
-    adjectival nouns (unidic's 名詞 but 数詞, 動詞, 形容詞, 形状詞).
+    ``"noun"``: nouns other than numerals, and adjectival nouns (unidic's
+    名詞 but 数詞, 形状詞), which do not inflect; ``"inflected"``: verbs and
+    adjectives (動詞, 形容詞).
     """
-    ids = set()
+    kinds = {}
     with open(os.path.join(dicdir, "left-id.def"), encoding="utf-8") as fh:
         for line in fh:
             number, _, feature = line.strip().partition(" ")
             pos = feature.split(",")
-            if pos[0] in ("動詞", "形容詞", "形状詞") or (pos[0] == "名詞" and pos[1:2] != ["数詞"]):
-                ids.add(int(number))
-    return frozenset(ids)
+            if pos[0] in ("動詞", "形容詞"):
+                kinds[int(number)] = "inflected"
+            elif pos[0] == "形状詞" or (pos[0] == "名詞" and pos[1:2] != ["数詞"]):
+                kinds[int(number)] = "noun"
+    return kinds
 
 
 _KW_SPLIT = re.compile(r"\s*[;；、,，/|]\s*|\n")
