@@ -441,21 +441,23 @@ class Scorer:
         analysed, proba, col, contrib, row_starts = self._score(docs)
         yes = self.decide(proba, threshold)
         ids = self.label_ids
-        out = []
-        for i, doc in enumerate(docs):
-            row = proba[i].tolist()
-            picked = [LabelScore(ids[j], row[j]) for j in np.flatnonzero(yes[i]).tolist()]
+        rows = proba.tolist()
+        picks: list[tuple[list[LabelScore], list[LabelScore]]] = []
+        for i, hits in enumerate(yes.tolist()):
+            row = rows[i]
+            picked = [LabelScore(ids[j], row[j]) for j, hit in enumerate(hits) if hit]
             picked.sort(key=lambda s: -s.score)  # stable: ties keep the label order
             domains = [p for p in picked if p.id in self._domain_set]
             pillars = [p for p in picked if p.id not in self._domain_set]
             if top_k is not None:
                 domains, pillars = domains[:top_k], pillars[:top_k]
-            labels = domains + pillars
-            if explain and labels and row_starts[i + 1] > row_starts[i]:
-                s, e = row_starts[i], row_starts[i + 1]
-                self._explain(doc, analysed[i], col[s:e], contrib[s:e], labels, top_terms)
-            out.append(Prediction(doc.id, domains, pillars, dict(zip(ids, row, strict=True)), self.version))
-        return out
+            picks.append((domains, pillars))
+        if explain:
+            self._explain(docs, analysed, col, contrib, row_starts, [d + p for d, p in picks], top_terms)
+        return [
+            Prediction(doc.id, domains, pillars, dict(zip(ids, rows[i], strict=True)), self.version)
+            for i, (doc, (domains, pillars)) in enumerate(zip(docs, picks, strict=True))
+        ]
 
     # --- explanations -------------------------------------------------
     def _feature_names(self) -> list[tuple[str, str]]:
@@ -478,37 +480,55 @@ class Scorer:
         return self._prior_words
 
     def _explain(
-        self, doc: Document, analysed: Analysed, cols: np.ndarray, contrib: np.ndarray, labels: list[LabelScore], top_terms: int
+        self,
+        docs: list[Document],
+        analysed: list[Analysed],
+        col: np.ndarray,
+        contrib: np.ndarray,
+        row_starts: np.ndarray,
+        picks: list[list[LabelScore]],
+        top_terms: int,
     ) -> None:
+        """Add to each picked label the terms that raised its score most, placed in the document's text.
+
+        For each label, the positive entries of the documents it was picked
+        for are ranked in one sort over the chunk (by document, contribution
+        down, then column); each document then walks its own run until
+        ``top_terms`` distinct terms are placed.
+        """
         names = self._feature_names()
-        locator = _SpanLocator(doc, analysed, self.tokenizer(), self._prior_keyword_lists(), self._field_cols)
-        sub = contrib[:, [self._label_index[s.id] for s in labels]]
-        # Each label's entries, largest contribution first (stable: ties keep column order).
-        order = np.argsort(-sub, axis=0, kind="stable")
-        ranked = np.take_along_axis(sub, order, axis=0)
-        columns = cols[order]
-        find = locator.find
-        for c, score in enumerate(labels):
-            seen: set[str] = set()
-            evidence = score.evidence
-            # Enough candidates for nearly every label; the rest only when some cannot be placed.
-            head = 3 * top_terms
-            weights = ranked[:head, c].tolist()
-            where = columns[:head, c].tolist()
-            k = 0
-            while k < len(weights) and len(evidence) < top_terms:
-                weight = weights[k]
-                if weight <= 0:
-                    break
-                column = where[k]
-                hit = find(names[column], column)
-                if hit is not None and hit[0] not in seen:
-                    seen.add(hit[0])
-                    evidence.append(Evidence(hit[0], hit[1], hit[2], hit[3], weight))
-                k += 1
-                if k == len(weights) and k == head and len(evidence) < top_terms:
-                    weights = ranked[:, c].tolist()
-                    where = columns[:, c].tolist()
+        n = len(docs)
+        entry_row = np.repeat(np.arange(n), np.diff(row_starts))
+        ranked: dict[int, tuple[list[int], list[float], list[int]]] = {}
+        wanted: dict[int, list[int]] = {}
+        for i, labels in enumerate(picks):
+            for score in labels:
+                wanted.setdefault(self._label_index[score.id], []).append(i)
+        for j, picked_rows in wanted.items():
+            chosen = np.zeros(n, dtype=bool)
+            chosen[picked_rows] = True
+            values = contrib[:, j]
+            sel = np.flatnonzero(chosen[entry_row] & (values > 0))
+            order = np.lexsort((sel, -values[sel], entry_row[sel]))
+            sel = sel[order]
+            bounds = np.searchsorted(entry_row[sel], np.arange(n + 1))
+            ranked[j] = (col[sel].tolist(), values[sel].tolist(), bounds.tolist())
+        for i, labels in enumerate(picks):
+            if not labels:
+                continue
+            find = _SpanLocator(docs[i], analysed[i], self.tokenizer(), self._prior_keyword_lists(), self._field_cols).find
+            for score in labels:
+                columns, weights, bounds = ranked[self._label_index[score.id]]
+                seen: set[str] = set()
+                evidence = score.evidence
+                for k in range(bounds[i], bounds[i + 1]):
+                    column = columns[k]
+                    hit = find(names[column], column)
+                    if hit is not None and hit[0] not in seen:
+                        seen.add(hit[0])
+                        evidence.append(Evidence(hit[0], hit[1], hit[2], hit[3], weights[k]))
+                        if len(evidence) >= top_terms:
+                            break
 
 
 class _SpanLocator:
