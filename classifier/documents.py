@@ -10,6 +10,8 @@ from classifier.errors import InvalidInputError
 
 # Lone surrogates are what undecodable bytes become under errors="surrogateescape".
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# NUL, the replacement character and lone surrogates: signs of binary or undecodable input.
+_BAD = re.compile("[\x00\ufffd\ud800-\udfff]")
 
 #: The longest text accepted in one document (title + abstract + keywords), in characters.
 MAX_TEXT_CHARS = 1_000_000
@@ -37,6 +39,12 @@ class Document:
 
 
 def _text(value: object, name: str, where: str) -> str:
+    if type(value) is str:  # the common case, checked first
+        if _BAD.search(value):
+            raise InvalidInputError(
+                f"{where}: field {name!r} holds binary or undecodable bytes (save the file as UTF-8 or CP932)"
+            )
+        return value
     if value is None:
         return ""
     if isinstance(value, float) and value != value:  # NaN from a spreadsheet

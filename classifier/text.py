@@ -217,11 +217,19 @@ class Tokenizer:
         """
         feature = self._key_features.get(key, "")
         if feature == "":
+            if not self._stop:
+                self._setup()
             lid, _, surface = key.partition(",")
             kind = self._kinds().get(int(lid)) if lid.isdigit() and surface else None
             if kind == "noun":
                 # Unknown symbols share a noun's left id: a word has a letter, digit or kana in it.
-                feature = self.feature(surface) if _WORD_CHAR.search(surface) else None
+                # The surface comes from normalised, lower-cased text: only stop words and stems remain.
+                if not _WORD_CHAR.search(surface) or surface in self._stop:
+                    feature = None
+                elif surface.isascii() and surface[:1].isalpha():
+                    feature = self._stem(surface)
+                else:
+                    feature = surface
             elif kind == "inflected":
                 lemma = self._content_lemma(lid, surface)
                 feature = None if lemma is None else self.feature(lemma)
