@@ -627,14 +627,14 @@ class _SpanLocator:
         if block in TEXT_FIELDS:
             if term.startswith("kw="):
                 return self._at(block, term[3:])
-            if not term.isascii():
-                hit = self._at(block, term)
-                if hit is not None:
-                    return hit
-            elif term.isalpha():
-                hit = self._at(block, term)
-                if hit is not None and _starts_word(self._lower(block), term):
-                    return hit
+            low = self._lower(block)
+            a = low.find(term)
+            if a >= 0:
+                if not term.isascii():
+                    return self._span(block, a, a + len(term))
+                # An English stem: its first occurrence must start a word; the span is the whole word.
+                if term.isalpha() and (a == 0 or not low[a - 1].isalnum()):
+                    return self._span(block, a, _ASCII_WORD_END.match(low, a + len(term)).end())  # type: ignore[union-attr]
             surface = self._surface(block, term, column)
             return self._at(block, surface) if surface else None
         if block in ("program", "field"):
@@ -648,9 +648,3 @@ class _SpanLocator:
                     if w in low:
                         return self._at(name, w)
         return None
-
-
-def _starts_word(low: str, term: str) -> bool:
-    """True when the first occurrence of ASCII ``term`` in ``low`` starts a word."""
-    a = low.find(term)
-    return a == 0 or (a > 0 and not low[a - 1].isalnum())
