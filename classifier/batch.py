@@ -37,6 +37,7 @@ class Outcome:
 def to_documents(records: Iterable[RawRecord]) -> Iterator[tuple[RawRecord, Document | None, str | None]]:
     """Turn raw records into documents, keeping the reason for each one that fails."""
     for rec in records:
+        rec = rec.parsed()
         if rec.error or rec.fields is None:
             yield rec, None, rec.error or f"{rec.where}: unreadable record"
             continue

@@ -77,6 +77,15 @@ class RawRecord:
     fields: dict[str, Any] | None
     error: str | None = None
     raw_id: str | None = None
+    #: A JSONL line read but not parsed yet (``read_records(..., lazy=True)``) and its column mapping.
+    pending: tuple[bytes, dict[str, str]] | None = None
+
+    def parsed(self) -> RawRecord:
+        """This record with a pending JSONL line parsed: fields, or the line's problem."""
+        if self.pending is None:
+            return self
+        raw, mapping = self.pending
+        return _jsonl_record(self.where, self.line, raw, mapping)[0]
 
 
 def detect_format(path: Path, fmt: str | None = None) -> str:
@@ -130,11 +139,14 @@ def decode_bytes(data: bytes, where: str) -> tuple[str, str]:
     raise InvalidInputError(f"{where}: not text in UTF-8 or CP932/Shift_JIS (binary file?)")
 
 
-def read_records(path: Path | str, columns: Columns | None = None, fmt: str | None = None) -> Iterator[RawRecord]:
+def read_records(path: Path | str, columns: Columns | None = None, fmt: str | None = None, *, lazy: bool = False) -> Iterator[RawRecord]:
     """Yield the records of a CSV/TSV/JSONL/XLSX file with their fields mapped to document names.
 
-    Raises InvalidInputError for a missing or empty file or missing columns;
-    a bad individual record is yielded with ``error`` set, never dropped.
+    With ``lazy``, JSONL lines after the first are yielded unparsed
+    (:meth:`RawRecord.parsed` parses one), so the process that classifies
+    them parses them too. Raises InvalidInputError for a missing or empty
+    file or missing columns; a bad individual record is yielded with
+    ``error`` set, never dropped.
     """
     path = Path(path)
     columns = columns or Columns()
@@ -144,7 +156,7 @@ def read_records(path: Path | str, columns: Columns | None = None, fmt: str | No
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path}: the file is empty")
     if kind == "jsonl":
-        yield from _read_jsonl(path, columns)
+        yield from _read_jsonl(path, columns, lazy)
     elif kind == "xlsx":
         yield from _read_xlsx(path, columns)
     else:
@@ -184,33 +196,44 @@ def _read_delimited(path: Path, columns: Columns, delimiter: str) -> Iterator[Ra
         raise InvalidInputError(f"{path}: no records under the header")
 
 
-def _read_jsonl(path: Path, columns: Columns) -> Iterator[RawRecord]:
+def _read_jsonl(path: Path, columns: Columns, lazy: bool = False) -> Iterator[RawRecord]:
     mapping: dict[str, str] | None = None
     count = 0
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, 1):
-            where = f"{path} line {line_no}"
             if not raw.strip():
                 continue
             count += 1
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError:
-                yield RawRecord(where, line_no, None, f"{where}: undecodable bytes (JSONL must be UTF-8)")
+            where = f"{path} line {line_no}"
+            if mapping is not None and lazy:
+                yield RawRecord(where, line_no, None, pending=(raw, mapping))
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield RawRecord(where, line_no, None, f"{where}: malformed JSON: {exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(obj, dict):
-                yield RawRecord(where, line_no, None, f"{where}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            if mapping is None:
+            record, obj = _jsonl_record(where, line_no, raw, mapping)
+            if obj is not None and mapping is None:
+                # The first object's keys name the columns for the whole file.
                 mapping = columns.resolve(list(obj.keys()), str(path))
-            yield RawRecord(where, line_no, _mapped(obj, mapping), raw_id=None if obj.get(mapping["id"]) is None else str(obj.get(mapping["id"])))
+                record = _jsonl_record(where, line_no, raw, mapping)[0]
+            yield record
     if count == 0:
         raise InvalidInputError(f"{path}: the file is empty")
+
+
+def _jsonl_record(where: str, line_no: int, raw: bytes, mapping: dict[str, str] | None) -> tuple[RawRecord, dict[str, Any] | None]:
+    """Parse one JSONL line into a record (with ``mapping``), or a record naming its problem; also the object."""
+    try:
+        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+    except UnicodeDecodeError:
+        return RawRecord(where, line_no, None, f"{where}: undecodable bytes (JSONL must be UTF-8)"), None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return RawRecord(where, line_no, None, f"{where}: malformed JSON: {exc.msg} at column {exc.colno}"), None
+    if not isinstance(obj, dict):
+        return RawRecord(where, line_no, None, f"{where}: expected a JSON object, got {type(obj).__name__}"), None
+    if mapping is None:
+        return RawRecord(where, line_no, None), obj
+    raw_id = obj.get(mapping["id"])
+    return RawRecord(where, line_no, _mapped(obj, mapping), raw_id=None if raw_id is None else str(raw_id)), obj
 
 
 def _read_xlsx(path: Path, columns: Columns) -> Iterator[RawRecord]:

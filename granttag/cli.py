@@ -154,7 +154,8 @@ def _classify_files(
         fmt = "jsonl"
     records = []
     for path in files:
-        records.extend(read_records(path, columns, input_format))
+        # JSONL lines are parsed by the processes that classify them.
+        records.extend(read_records(path, columns, input_format, lazy=True))
     model = _model(version)
     writer = Writer(fmt, output)
     counts = {"tagged": 0, "failed": 0}

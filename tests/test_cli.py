@@ -214,3 +214,20 @@ def test_classify_evidence_same_under_any_hash_seed(model_root: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         outputs.append(json.loads(proc.stdout))
     assert all(out == outputs[0] for out in outputs)
+
+
+def test_lazy_jsonl_records_parse_like_eager_ones(tmp_path: Path) -> None:
+    # `granttag classify` leaves JSONL lines to the worker processes to parse: same records, same errors.
+    from classifier.records import read_records
+
+    src = tmp_path / "mixed.jsonl"
+    src.write_bytes(
+        b'{not json\n{"id": "a", "abstract": "\xe9\x87\x8f\xe5\xad\x90"}\n[1]\n\n{"id": 7, "title": "x"}\n\xff\xfe\n{"abstract": "no id"}\n'
+    )
+    eager = list(read_records(src))
+    lazy = list(read_records(src, lazy=True))
+    assert any(r.pending is not None for r in lazy)
+    assert [r.parsed() for r in lazy] == eager
+    assert [r.line for r in eager] == [1, 2, 3, 5, 6, 7]
+    assert [r.raw_id for r in eager] == [None, "a", None, "7", None, None]
+    assert "malformed JSON" in (eager[0].error or "") and "undecodable" in (eager[4].error or "")
