@@ -364,13 +364,16 @@ class Scorer:
             keys.extend(tokens)
             tf.extend(tokens.values())
             lens.append(len(tokens))
-        found = list(map(cache.get, keys))
-        if None in found:
-            feature = tokenizer.key_feature
-            for key in set(itertools.compress(keys, map(operator.is_, found, itertools.repeat(None)))):
-                feat = key if tokenizer.compounds else feature(key)
-                cache[key] = -1 if feat is None else vocab.get(feat, -1)
-            found = list(map(cache.__getitem__, keys))
+        # Set operations and dict lookups at C speed; Python code runs once per new morpheme only.
+        missing = set(keys).difference(cache)
+        if missing:
+            get = vocab.get
+            if tokenizer.compounds:  # the tokens are features already
+                cache.update({key: get(key, -1) for key in missing})
+            else:
+                features = tokenizer.key_features(missing)
+                cache.update({key: get(features[key], -1) for key in missing})  # type: ignore[arg-type]
+        found = list(map(cache.__getitem__, keys))
         return np.asarray(found, dtype=np.intp), np.asarray(tf, dtype=np.float64), np.repeat(rows + b, lens)
 
     def _score(self, docs: list[Document]) -> tuple[list[Analysed], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

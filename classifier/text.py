@@ -19,6 +19,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 # Light verbs, formal nouns and other words that carry no topic (unidic lemmas).
@@ -217,28 +218,47 @@ class Tokenizer:
         """
         feature = self._key_features.get(key, "")
         if feature == "":
-            if not self._stop:
-                self._setup()
-            lid, _, surface = key.partition(",")
-            kind = self._kinds().get(int(lid)) if lid.isdigit() and surface else None
-            if kind == "noun":
-                # Unknown symbols share a noun's left id: a word has a letter, digit or kana in it.
-                # The surface comes from normalised, lower-cased text: only stop words and stems remain.
-                if not _WORD_CHAR.search(surface) or surface in self._stop:
-                    feature = None
-                elif surface.isascii() and surface[:1].isalpha():
-                    feature = self._stem(surface)
-                else:
-                    feature = surface
-            elif kind == "inflected":
-                lemma = self._content_lemma(lid, surface)
-                feature = None if lemma is None else self.feature(lemma)
-            else:
-                feature = None
+            feature = self._key_feature(key)
             if len(self._key_features) >= _CACHE_LIMIT:
                 self._key_features.clear()
             self._key_features[key] = feature
         return feature
+
+    def key_features(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """Work out the feature of every key of ``keys`` not known yet; return the key → feature table.
+
+        The table holds every one of ``keys`` when this returns (it is
+        started over first if they would not fit under the cache limit).
+        """
+        table = self._key_features
+        missing = set(keys).difference(table)
+        if missing:
+            if len(table) + len(missing) > _CACHE_LIMIT:
+                table.clear()
+                missing = set(keys)
+            compute = self._key_feature
+            for key in missing:
+                table[key] = compute(key)
+        return table
+
+    def _key_feature(self, key: str) -> str | None:
+        """Work out the feature of one key (see :meth:`key_feature`), without the cache."""
+        if not self._stop:
+            self._setup()
+        lid, _, surface = key.partition(",")
+        kind = self._kinds().get(int(lid)) if lid.isdigit() and surface else None
+        if kind == "noun":
+            # Unknown symbols share a noun's left id: a word has a letter, digit or kana in it.
+            # The surface comes from normalised, lower-cased text: only stop words and stems remain.
+            if not _WORD_CHAR.search(surface) or surface in self._stop:
+                return None
+            if surface.isascii() and surface[:1].isalpha():
+                return self._stem(surface)  # type: ignore[no-any-return]
+            return surface
+        if kind == "inflected":
+            lemma = self._content_lemma(lid, surface)
+            return None if lemma is None else self.feature(lemma)
+        return None
 
     def _kinds(self) -> dict[int, str]:
         if self._content is None:
