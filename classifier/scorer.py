@@ -15,6 +15,7 @@ scikit-learn pipeline's.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import operator
@@ -644,10 +645,21 @@ class _SpanLocator:
             text = getattr(self.doc, block)
             return (text, block, 0, len(text)) if text else None
         if block == "prior":
+            # The label's first keyword (longest first) found in the first field that has one.
             words = self.prior_keywords.get(term.partition("=")[2], [])
+            if not words:
+                return None
+            matcher = _keyword_matcher(tuple(words))
             for name in TEXT_FIELDS:
-                low = self._lower(name)
-                for w in words:
-                    if w in low:
-                        return self._at(name, w)
+                hits = matcher.find_matches_as_indexes(self._lower(name), overlapping=True)
+                if hits:
+                    return self._at(name, words[min(k for k, _, _ in hits)])
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _keyword_matcher(words: tuple[str, ...]) -> Any:
+    """An Aho-Corasick automaton of one label's keywords; a match's index is the keyword's rank."""
+    import ahocorasick_rs
+
+    return ahocorasick_rs.AhoCorasick(list(words))
