@@ -33,9 +33,9 @@ class Analysed:
     """A document after text analysis: normalised text and tokens per text field.
 
     ``counts`` (feature counts, the keywords field with its ``kw=`` features)
-    is filled for training; ``mecab`` (MeCab's morpheme counts, or
-    feature counts with compound nouns) for prediction, which maps tokens to
-    columns itself and keeps surfaces for explanations.
+    is filled for training; ``mecab`` (each field's MeCab morphemes in
+    order, repeats kept; features with compound nouns) for prediction, which
+    maps tokens to columns itself and keeps surfaces for explanations.
     """
 
     counts: dict[str, dict[str, int]]
@@ -55,7 +55,7 @@ def analyse_document(doc: Document, tokenizer: Tokenizer, *, for_prediction: boo
 
     For training (the default) the analysis holds feature counts, the
     keywords field also one ``kw=<keyword>`` feature per whole keyword; with
-    ``for_prediction`` it holds MeCab's token counts instead (see
+    ``for_prediction`` it holds MeCab's morphemes instead (see
     :class:`Analysed`). ``text`` is the lower-cased normalised title, abstract
     and keywords, where keyword priors are looked for.
     """
@@ -69,12 +69,14 @@ def analyse_document(doc: Document, tokenizer: Tokenizer, *, for_prediction: boo
         norms[name], lows[name] = norm, low
         if tokenizer.compounds:
             found: Any = tokenizer.counts(norm)  # compound nouns are built from surfaces
+            if for_prediction:
+                mecab[name] = [f for f, n in found.items() for _ in range(n)]
+            else:
+                counts[name] = found
+        elif for_prediction:
+            mecab[name] = tokenizer.morphemes(low)
         else:
-            found = tokenizer.token_counts(low)
-        if for_prediction:
-            mecab[name] = found
-        else:
-            counts[name] = found if tokenizer.compounds else tokenizer.features_of(found)
+            counts[name] = tokenizer.features_of(tokenizer.token_counts(low))
     if not for_prediction and norms["keywords"]:
         counts["keywords"] = {**keyword_features(norms["keywords"]), **counts["keywords"]}
     return Analysed(counts, norms, " ".join(lows[name] for name in TEXT_FIELDS), mecab, lows)

@@ -358,12 +358,10 @@ class Scorer:
         if len(cache) > _MORPHEME_CACHE_LIMIT:
             cache.clear()
         keys: list[str] = []
-        tf: list[int] = []
         lens: list[int] = []
         for a in analysed:
             tokens = a.mecab[name]
             keys.extend(tokens)
-            tf.extend(tokens.values())
             lens.append(len(tokens))
         # Set operations and dict lookups at C speed; Python code runs once per new morpheme only.
         missing = set(keys).difference(cache)
@@ -375,7 +373,8 @@ class Scorer:
                 features = tokenizer.key_features(missing)
                 cache.update({key: get(features[key], -1) for key in missing})  # type: ignore[arg-type]
         found = list(map(cache.__getitem__, keys))
-        return np.asarray(found, dtype=np.intp), np.asarray(tf, dtype=np.float64), np.repeat(rows + b, lens)
+        # One entry per occurrence: _score adds up the counts.
+        return np.asarray(found, dtype=np.intp), np.ones(len(found)), np.repeat(rows + b, lens)
 
     def _score(self, docs: list[Document]) -> tuple[list[Analysed], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Analyse ``docs``; return their analyses, calibrated probabilities, and the per-entry columns, contributions and row starts."""

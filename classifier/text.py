@@ -311,6 +311,12 @@ class Tokenizer:
             return Counter()
         return Counter(self._get_tagger().parse(low).split())
 
+    def morphemes(self, low: str) -> list[str]:
+        """Return the morphemes of lower-cased normalised text in order, as :meth:`token_counts` keys (repeats kept)."""
+        if not low or low.isspace():
+            return []
+        return self._get_tagger().parse(low).split()  # type: ignore[no-any-return]
+
     def features_of(self, tokens: Counter[str]) -> dict[str, int]:
         """Return the feature counts of :meth:`token_counts`' output."""
         out: dict[str, int] = {}
