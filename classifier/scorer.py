@@ -514,17 +514,17 @@ class Scorer:
             sel = np.flatnonzero(chosen[entry_row] & (values > 0))
             order = np.lexsort((sel, -values[sel], entry_row[sel]))
             sel = sel[order]
-            bounds = np.searchsorted(entry_row[sel], np.arange(n + 1))
-            ranked[j] = (col[sel].tolist(), values[sel].tolist(), bounds.tolist())
+            starts = np.searchsorted(entry_row[sel], np.arange(n + 1))
+            ranked[j] = (col[sel].tolist(), values[sel].tolist(), starts.tolist())
         for i, labels in enumerate(picks):
             if not labels:
                 continue
             find = _SpanLocator(docs[i], analysed[i], self.tokenizer(), self._prior_keyword_lists(), self._field_cols).find
             for score in labels:
-                columns, weights, bounds = ranked[self._label_index[score.id]]
+                columns, weights, run = ranked[self._label_index[score.id]]
                 seen: set[str] = set()
                 evidence = score.evidence
-                for k in range(bounds[i], bounds[i + 1]):
+                for k in range(run[i], run[i + 1]):
                     column = columns[k]
                     hit = find(names[column], column)
                     if hit is not None and hit[0] not in seen:
