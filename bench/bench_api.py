@@ -329,7 +329,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1", help="uvicorn worker processes; a list (1,2) measures each.")
     parser.add_argument("--levels", default="1,10,50", help="Concurrency levels.")
     parser.add_argument("--load-clients", type=int, default=200)
-    parser.add_argument("--load-seconds", type=float, default=30)
+    parser.add_argument("--load-seconds", type=float, default=30, help="Seconds of the many-clients overload run after the levels; 0 skips it.")
     parser.add_argument("--celery", action="store_true", help="Also measure one document per Celery task over Redis.")
     parser.add_argument("--docs", type=int, default=2000, help="KAKEN records used as payloads.")
     parser.add_argument(
@@ -367,10 +367,11 @@ def main() -> None:
                     if args.repeat > 1:
                         figures["p99_ms_runs"] = [r.get("p99_ms") for r in runs]
                     result["in_process"][name][str(clients)] = figures
-                load = asyncio.run(closed_loop(base, args.load_clients, args.load_seconds, docs, warmup=0))
-                keep = ("clients", "seconds", "requests", "errors", "rps", "p50_ms", "p99_ms", "error_examples")
-                result["load"][name] = {k: v for k, v in load.items() if k in keep}
-                print(f"load {name} {args.load_clients} clients {args.load_seconds:.0f} s: {result['load'][name]}", flush=True)
+                if args.load_seconds > 0:  # --load-seconds 0 skips the overload run
+                    load = asyncio.run(closed_loop(base, args.load_clients, args.load_seconds, docs, warmup=0))
+                    keep = ("clients", "seconds", "requests", "errors", "rps", "p50_ms", "p99_ms", "error_examples")
+                    result["load"][name] = {k: v for k, v in load.items() if k in keep}
+                    print(f"load {name} {args.load_clients} clients {args.load_seconds:.0f} s: {result['load'][name]}", flush=True)
             finally:
                 stop(proc)
         if args.celery:
