@@ -263,3 +263,24 @@ def test_scorer_equals_pipeline_with_compounds_and_char_ngrams() -> None:
     reference = model.classifier.predict_proba(model.transform(docs))
     assert model.scorer().blocks[-1].name == "chars"
     assert np.allclose(model.predict_proba(docs), reference, atol=1e-6)
+
+
+def test_evidence_is_the_same_alone_and_in_a_chunk(model) -> None:  # type: ignore[no-untyped-def]
+    # Explanations are ranked over a whole chunk at once: no document's terms may leak into another's.
+    docs = [
+        Document("a", title="超伝導量子ビットの誤り訂正", abstract="表面符号による量子誤り訂正を実証する。", keywords="量子計算; 量子ビット"),
+        Document("b", abstract="洋上風力発電の浮体構造と係留システムを開発し、海洋環境への影響を評価する。"),
+        Document("c", title="中世和歌の注釈史", abstract="歌学の変遷を文献学的に明らかにする。"),
+        Document("d", title="Small satellites", abstract="Constellations of small satellites for Earth observation and launch cost reduction.", program="SBIR Phase I"),
+        Document("e", abstract="半導体の微細加工と量子ドットを用いた単一光子源を開発し、量子通信に用いる。"),
+    ]
+    together = model.predict(docs)
+    alone = [model.predict([d])[0] for d in docs]
+    assert [p.as_dict() for p in together] == [p.as_dict() for p in alone]
+    for pred, doc in zip(together, docs, strict=True):
+        for label in pred.domains + pred.pillars:
+            weights = [e.weight for e in label.evidence]
+            assert weights == sorted(weights, reverse=True) and all(w > 0 for w in weights)
+            assert len({e.term for e in label.evidence}) == len(label.evidence) <= 5
+            for e in label.evidence:
+                assert getattr(doc, e.field)[e.start : e.end] == e.term

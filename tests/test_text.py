@@ -167,3 +167,20 @@ def test_tokenizer_features_do_not_depend_on_what_came_before() -> None:
         warm.features(text)
     text = "高効率化の方式により新たな知見を得た。コンピュータで計算する"
     assert warm.features(text) == Tokenizer().features(text)
+
+
+def test_tokenizer_key_table_holds_every_key_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The per-process table of morpheme features is capped; a batch of new keys that would not
+    # fit starts it over, and every key asked for is in it afterwards.
+    import classifier.text as text
+
+    monkeypatch.setattr(text, "_CACHE_LIMIT", 8)
+    tok = Tokenizer()
+    first = tok.morphemes("量子ビットの誤り訂正と表面符号")
+    table = tok.key_features(first)
+    assert set(first) <= set(table)
+    second = tok.morphemes("洋上風力発電の浮体構造と係留システムを開発する")
+    table = tok.key_features(second)
+    assert set(second) <= set(table) and len(table) <= max(8, len(set(second)))
+    assert table[next(k for k in second if k.endswith(",風力"))] == "風力"
+    assert table[next(k for k in second if k.endswith(",開発"))] == "開発"
