@@ -502,7 +502,9 @@ class Scorer:
         names = self._feature_names()
         n = len(docs)
         entry_row = np.repeat(np.arange(n), np.diff(row_starts))
-        ranked: dict[int, tuple[list[int], list[float], list[int]]] = {}
+        # Enough candidates for nearly every label; the rest of a run is read only when some cannot be placed.
+        head = 3 * top_terms
+        ranked: dict[int, tuple[list[int], list[float], list[int], np.ndarray, np.ndarray, np.ndarray]] = {}
         wanted: dict[int, list[int]] = {}
         for i, labels in enumerate(picks):
             for score in labels:
@@ -512,26 +514,51 @@ class Scorer:
             chosen[picked_rows] = True
             values = contrib[:, j]
             sel = np.flatnonzero(chosen[entry_row] & (values > 0))
-            order = np.lexsort((sel, -values[sel], entry_row[sel]))
-            sel = sel[order]
-            starts = np.searchsorted(entry_row[sel], np.arange(n + 1))
-            ranked[j] = (col[sel].tolist(), values[sel].tolist(), starts.tolist())
+            rows = entry_row[sel]
+            order = np.lexsort((sel, -values[sel], rows))
+            sel, rows = sel[order], rows[order]
+            starts = np.searchsorted(rows, np.arange(n + 1))
+            first = np.arange(len(sel)) - starts[rows] < head
+            ranked[j] = (
+                col[sel[first]].tolist(),
+                values[sel[first]].tolist(),
+                np.searchsorted(rows[first], np.arange(n + 1)).tolist(),
+                col[sel],
+                values[sel],
+                starts,
+            )
+        tokenizer, priors = self.tokenizer(), self._prior_keyword_lists()
         for i, labels in enumerate(picks):
             if not labels:
                 continue
-            find = _SpanLocator(docs[i], analysed[i], self.tokenizer(), self._prior_keyword_lists(), self._field_cols).find
+            locator = _SpanLocator(docs[i], analysed[i], tokenizer, priors, self._field_cols)
+            found = locator._found
             for score in labels:
-                columns, weights, run = ranked[self._label_index[score.id]]
+                columns, weights, run, all_columns, all_weights, all_run = ranked[self._label_index[score.id]]
                 seen: set[str] = set()
                 evidence = score.evidence
+                need = top_terms
                 for k in range(run[i], run[i + 1]):
                     column = columns[k]
-                    hit = find(names[column], column)
+                    hit = found[column] if column in found else locator.find(names[column], column)
                     if hit is not None and hit[0] not in seen:
                         seen.add(hit[0])
                         evidence.append(Evidence(hit[0], hit[1], hit[2], hit[3], weights[k]))
-                        if len(evidence) >= top_terms:
+                        need -= 1
+                        if not need:
                             break
+                else:
+                    # The head of the run left some terms unplaced: read on through the rest of it.
+                    rest = range(all_run[i] + head, all_run[i + 1])
+                    for k in rest:
+                        column = int(all_columns[k])
+                        hit = locator.find(names[column], column)
+                        if hit is not None and hit[0] not in seen:
+                            seen.add(hit[0])
+                            evidence.append(Evidence(hit[0], hit[1], hit[2], hit[3], float(all_weights[k])))
+                            need -= 1
+                            if not need:
+                                break
 
 
 class _SpanLocator:
