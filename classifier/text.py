@@ -91,15 +91,8 @@ class Token:
 _KEYED_FORMAT = '-O "" -F "%phl,%m " -U "%phl,%m " -E ""'
 # One MeCab line per morpheme: pos1, pos2, lemma (the surface for unknown words), surface.
 _NODE_FORMAT = r'-O "" -F "%f[0]\t%f[1]\t%f[7]\t%m\n" -U "%f[0]\t%f[1]\t%m\t%m\n" -E ""'
-# A surface alone: left id, "pos1 pos2", lemma (the surface for unknown words).
-_SINGLE_FORMAT = r'-O "" -F "%phl\t%f[0] %f[1]\t%f[7]\n" -U "%phl\t%f[0] %f[1]\t%m\n" -E ""'
-# Every dictionary entry and unknown-word candidate of a surface (-a): left id, start
-# and end byte, word cost, "pos1 pos2", lemma.
-_ENTRY_FORMAT = r'-a -O "" -F "%phl\t%ps\t%pe\t%pw\t%f[0] %f[1]\t%f[7]\n" -U "%phl\t%ps\t%pe\t%pw\t%f[0] %f[1]\t%m\n" -E ""'
 # A letter, digit or kana: what a word has and a run of symbols has not.
 _WORD_CHAR = re.compile(r"[^\W_]")
-# "pos1 pos2" of a content word.
-_CONTENT_POS = re.compile(r"(?:名詞 (?!数詞)|動詞 |形容詞 |形状詞 )")
 # Content words: nouns other than numerals, verbs, adjectives, adjectival nouns.
 _CONTENT = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\t\n]*)\t([^\n]*)$", re.M)
 # unidic lemmas of loanwords carry an English gloss: "コンピューター-computer".
@@ -141,9 +134,7 @@ class Tokenizer:
         self.english_stop = english_stop
         self._tagger: Any = None
         self._node_tagger: Any = None
-        self._single_tagger: Any = None
-        self._entry_tagger: Any = None
-        self._content: dict[int, str] | None = None
+        self._content: dict[int, tuple[str, list[str]]] | None = None
         self._features: dict[str, str | None] = {}
         self._key_features: dict[str, str | None] = {}
         self._stop: frozenset[str] = frozenset()
@@ -246,7 +237,7 @@ class Tokenizer:
         if not self._stop:
             self._setup()
         lid, _, surface = key.partition(",")
-        kind = self._kinds().get(int(lid)) if lid.isdigit() and surface else None
+        kind, _ = self._kinds().get(int(lid), (None, None)) if lid.isdigit() and surface else (None, None)
         if kind == "noun":
             # Unknown symbols share a noun's left id: a word has a letter, digit or kana in it.
             # The surface comes from normalised, lower-cased text: only stop words and stems remain.
@@ -260,7 +251,7 @@ class Tokenizer:
             return None if lemma is None else self.feature(lemma)
         return None
 
-    def _kinds(self) -> dict[int, str]:
+    def _kinds(self) -> dict[int, tuple[str, list[str]]]:
         if self._content is None:
             import unidic_lite
 
@@ -268,35 +259,28 @@ class Tokenizer:
         return self._content
 
     def _content_lemma(self, lid: str, surface: str) -> str | None:
-        """The lemma of the entry spelt ``surface`` with left id ``lid``, or None if it is no content word.
+        """The dictionary form of a verb or adjective spelt ``surface`` with left id ``lid``, or None.
 
-        Usually MeCab reads the surface alone as that one entry. Otherwise
-        every dictionary and unknown-word entry spanning the whole surface is
-        listed (-a), and the one with that left id and the lowest word cost
-        is taken. Its own part of speech decides (unknown-word entries share
-        left ids across parts of speech). A surface that cannot be placed in
-        the dictionary is taken as an unknown noun: its lemma is itself.
+        MeCab reads the surface alone (then, if need be, its ten best
+        readings); the first reading that is this one word with the part of
+        speech and inflection the left id stands for (the dictionary's
+        left-id.def) gives the lemma. None when no reading is: a kana form
+        too ambiguous to place alone. The tagger that splits documents does
+        this too, so the dictionary is mapped into memory once per process.
         """
-        if self._single_tagger is None:
-            self._single_tagger = self._make_tagger(_SINGLE_FORMAT)
-        first, _, rest = self._single_tagger.parse(surface).partition("\n")
-        if not rest:
-            got, pos, lemma = first.split("\t", 2)
-            if got == lid:
-                return lemma if _CONTENT_POS.match(pos) else None
-        if self._entry_tagger is None:
-            self._entry_tagger = self._make_tagger(_ENTRY_FORMAT)
-        end = str(len(surface.encode("utf-8")))
-        best: tuple[int, str, str] | None = None
-        for line in self._entry_tagger.parse(surface).splitlines():
-            got, start, stop, cost, pos, lemma = line.split("\t", 5)
-            if got == lid and start == "0" and stop == end:
-                candidate = (int(cost), pos, lemma)
-                if best is None or candidate < best:
-                    best = candidate
-        if best is None:
-            return surface
-        return best[2] if _CONTENT_POS.match(best[1]) else None
+        want = self._kinds()[int(lid)][1]
+        tagger = self._get_tagger()
+        paths = [tagger.parseToNodeList(surface)]
+        for more in (True, False):
+            for path in paths:
+                if len(path) == 1 and path[0].surface == surface:
+                    node = path[0]
+                    feature = node.feature_raw.split(",")
+                    if feature[:6] == want:
+                        return surface if node.is_unk or len(feature) < 8 else feature[7]
+            if more:
+                paths = tagger.nbestToNodeList(surface, 10)
+        return None
 
     def token_counts(self, low: str) -> Counter[str]:
         """Return each morpheme of lower-cased normalised text as ``"<left id>,<surface>"``, with its count.
@@ -390,12 +374,13 @@ def key_surface(key: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def content_kinds(dicdir: str) -> dict[int, str]:
+def content_kinds(dicdir: str) -> dict[int, tuple[str, list[str]]]:
     """The left context ids of content words in a MeCab dictionary (its left-id.def), by kind.
 
     ``"noun"``: nouns other than numerals, and adjectival nouns (unidic's
     名詞 but 数詞, 形状詞), which do not inflect; ``"inflected"``: verbs and
-    adjectives (動詞, 形容詞).
+    adjectives (動詞, 形容詞). Each comes with the id's part of speech and
+    inflection (its first six fields).
     """
     kinds = {}
     with open(os.path.join(dicdir, "left-id.def"), encoding="utf-8") as fh:
@@ -403,9 +388,9 @@ def content_kinds(dicdir: str) -> dict[int, str]:
             number, _, feature = line.strip().partition(" ")
             pos = feature.split(",")
             if pos[0] in ("動詞", "形容詞"):
-                kinds[int(number)] = "inflected"
+                kinds[int(number)] = ("inflected", pos[:6])
             elif pos[0] == "形状詞" or (pos[0] == "名詞" and pos[1:2] != ["数詞"]):
-                kinds[int(number)] = "noun"
+                kinds[int(number)] = ("noun", pos[:6])
     return kinds
 
 
