@@ -149,7 +149,6 @@ class Scorer:
         self._value_cols: list[dict[str, list[tuple[int, float]]]] = [{} for _ in self.blocks]
         self._field_cols = {block.name: self._morpheme_cols[b] for b, block in enumerate(self.blocks) if block.name in TEXT_FIELDS}
         self._label_index = {label: j for j, label in enumerate(self.domain_ids + self.pillar_ids)}
-        self._domain_set = frozenset(self.domain_ids)
         self._tokenizer: Tokenizer | None = None
         self._program = ProgramAnalyzer()
         self._field = FieldCodeAnalyzer(tables.get("crosswalk") or {})
@@ -445,15 +444,21 @@ class Scorer:
         yes = self.decide(proba, threshold)
         ids = self.label_ids
         rows = proba.tolist()
-        picks: list[tuple[list[LabelScore], list[LabelScore]]] = []
-        for i, hits in enumerate(yes.tolist()):
-            row = rows[i]
-            picked = [LabelScore(ids[j], row[j]) for j, hit in enumerate(hits) if hit]
-            picked.sort(key=lambda s: -s.score)  # stable: ties keep the label order
-            domains = [p for p in picked if p.id in self._domain_set]
-            pillars = [p for p in picked if p.id not in self._domain_set]
+        # Per kind, the picked labels of every row, highest score first (stable: ties keep the label order).
+        nd = len(self.domain_ids)
+        ranked = []
+        for part in (slice(0, nd), slice(nd, len(ids))):
+            chosen = yes[:, part]
+            order = np.argsort(-np.where(chosen, proba[:, part], -1.0), axis=1, kind="stable") + part.start
+            count = chosen.sum(axis=1)
             if top_k is not None:
-                domains, pillars = domains[:top_k], pillars[:top_k]
+                count = np.minimum(count, top_k)
+            ranked.append((order.tolist(), count.tolist()))
+        (d_order, d_count), (p_order, p_count) = ranked
+        picks: list[tuple[list[LabelScore], list[LabelScore]]] = []
+        for i, row in enumerate(rows):
+            domains = [LabelScore(ids[j], row[j]) for j in d_order[i][: d_count[i]]]
+            pillars = [LabelScore(ids[j], row[j]) for j in p_order[i][: p_count[i]]]
             picks.append((domains, pillars))
         if explain:
             self._explain(docs, analysed, col, contrib, row_starts, [d + p for d, p in picks], top_terms)
