@@ -4,7 +4,9 @@ Reads KAKEN records from ../shared/data at run time into a SQLite database in
 a temporary directory (nothing is written into the repository but the
 figures), then tags it:
 
-- ``--local`` with 1 and 2 processes;
+- ``--local`` with 1 and 2 processes, each run in a new Python process (as a
+  Celery worker is started afresh for each run, so both start with the
+  model's per-process caches empty);
 - through Celery with 1 worker process and with 2 worker processes (Redis on
   127.0.0.1, database 12, flushed before and after);
 - optionally (``--full``) every KAKEN record through 2 worker processes.
@@ -137,13 +139,25 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_local(settings: Any, db: Path, jobs: int) -> dict[str, Any]:
-    from worker.jobs import job_status, start_job
+# A --local run in a process of its own, like a freshly started Celery worker: the
+# per-process caches of the model (morpheme features, columns) start empty in both.
+_LOCAL_RUN = """
+import json, sys, time
+from granttag.settings import get_settings
+from worker.jobs import job_status, start_job
+settings = get_settings()
+start = time.perf_counter()
+job_id = start_job(settings, {"kind": "database", "url": "sqlite:///" + sys.argv[1], "table": "projects"}, local=True, jobs=int(sys.argv[2]))
+seconds = time.perf_counter() - start
+status = job_status(settings, job_id)
+print(json.dumps({"seconds": round(seconds, 1), **{k: status[k] for k in ("total", "tagged", "failed", "skipped")}}))
+"""
 
-    start = time.perf_counter()
-    job_id = start_job(settings, {"kind": "database", "url": f"sqlite:///{db}", "table": "projects"}, local=True, jobs=jobs)
-    seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 1), **{k: job_status(settings, job_id)[k] for k in ("total", "tagged", "failed", "skipped")}}
+
+def run_local(env: dict[str, str], db: Path, jobs: int) -> dict[str, Any]:
+    """Tag ``db`` with ``--local`` and ``jobs`` processes in a new Python process; time it there (model loading included)."""
+    out = subprocess.run([sys.executable, "-c", _LOCAL_RUN, str(db), str(jobs)], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def run_celery(settings: Any, env: dict[str, str], db: Path, procs: int, tmp: Path) -> dict[str, Any]:
@@ -209,7 +223,7 @@ def main() -> None:
     runs = figures["runs"]
     plan: list[tuple[str, Any]] = []
     if not args.skip_local:
-        plan += [("local_1", lambda db: run_local(settings, db, 1)), ("local_2", lambda db: run_local(settings, db, 2))]
+        plan += [("local_1", lambda db: run_local(env, db, 1)), ("local_2", lambda db: run_local(env, db, 2))]
     plan += [("celery_1", lambda db: run_celery(settings, env, db, 1, tmp)), ("celery_2", lambda db: run_celery(settings, env, db, 2, tmp))]
     # Interleaved repeats, so a burst of load on a shared machine does not land on one configuration only.
     for round_ in range(args.repeat):
