@@ -329,7 +329,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1", help="uvicorn worker processes; a list (1,2) measures each.")
     parser.add_argument("--levels", default="1,10,50", help="Concurrency levels.")
     parser.add_argument("--load-clients", type=int, default=200)
-    parser.add_argument("--load-seconds", type=float, default=30, help="Seconds of the many-clients overload run after the levels; 0 skips it.")
+    parser.add_argument("--load-seconds", type=float, default=30, help="Seconds of the many-clients run after the levels; 0 skips it.")
     parser.add_argument("--celery", action="store_true", help="Also measure one document per Celery task over Redis.")
     parser.add_argument("--docs", type=int, default=2000, help="KAKEN records used as payloads.")
     parser.add_argument(

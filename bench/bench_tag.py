@@ -147,7 +147,8 @@ from granttag.settings import get_settings
 from worker.jobs import job_status, start_job
 settings = get_settings()
 start = time.perf_counter()
-job_id = start_job(settings, {"kind": "database", "url": "sqlite:///" + sys.argv[1], "table": "projects"}, local=True, jobs=int(sys.argv[2]))
+source = {"kind": "database", "url": "sqlite:///" + sys.argv[1], "table": "projects"}
+job_id = start_job(settings, source, local=True, jobs=int(sys.argv[2]))
 seconds = time.perf_counter() - start
 status = job_status(settings, job_id)
 print(json.dumps({"seconds": round(seconds, 1), **{k: status[k] for k in ("total", "tagged", "failed", "skipped")}}))
@@ -156,7 +157,8 @@ print(json.dumps({"seconds": round(seconds, 1), **{k: status[k] for k in ("total
 
 def run_local(env: dict[str, str], db: Path, jobs: int) -> dict[str, Any]:
     """Tag ``db`` with ``--local`` and ``jobs`` processes in a new Python process; time it there (model loading included)."""
-    out = subprocess.run([sys.executable, "-c", _LOCAL_RUN, str(db), str(jobs)], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", _LOCAL_RUN, str(db), str(jobs)]
+    out = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 

@@ -16,9 +16,7 @@ scikit-learn pipeline's.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
-import operator
 import re
 from collections import Counter
 from dataclasses import dataclass, field

@@ -18,8 +18,8 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 # Light verbs, formal nouns and other words that carry no topic (unidic lemmas).
@@ -85,21 +85,19 @@ class Token:
 # MeCab writes each morpheme as "<left context id>,<surface> " and nothing else: the
 # id is an integer MeCab has at hand, so this output costs little more than its plain
 # word splitting (-Owakati), where formatting lemmas and parts of speech (%f[...])
-# doubled MeCab's time (issue 2). The surfaces of a text are counted by str.split and
-# Counter in C. The id says the part of speech (the dictionary's left-id.def); the
-# lemma of a content word is looked up once per distinct (id, surface).
+# doubled MeCab's time (issue 2). The output is read by str.split in C. The id says
+# the part of speech (the dictionary's left-id.def); what a morpheme's feature is gets
+# worked out once per distinct (id, surface).
 _KEYED_FORMAT = '-O "" -F "%phl,%m " -U "%phl,%m " -E ""'
-# One MeCab line per morpheme: pos1, pos2, lemma (the surface for unknown words), surface.
+# One MeCab line per morpheme, for compound nouns only: pos1, pos2, lemma, surface.
 _NODE_FORMAT = r'-O "" -F "%f[0]\t%f[1]\t%f[7]\t%m\n" -U "%f[0]\t%f[1]\t%m\t%m\n" -E ""'
 # A letter, digit or kana: what a word has and a run of symbols has not.
 _WORD_CHAR = re.compile(r"[^\W_]")
-# Content words: nouns other than numerals, verbs, adjectives, adjectival nouns.
-_CONTENT = re.compile(r"^(?:名詞\t(?!数詞)|動詞\t|形容詞\t|形状詞\t)[^\t]*\t([^\t\n]*)\t([^\n]*)$", re.M)
 # unidic lemmas of loanwords carry an English gloss: "コンピューター-computer".
 _GLOSS = re.compile(r"(?<=.)-[A-Za-z].*")
 # Runs of two or more nouns, prefixes and suffixes: compound nouns (量子+ビット+制御).
 _NOUN_RUN = re.compile(r"(?:^(?:名詞\t(?!数詞)|接頭辞\t|接尾辞\t)[^\n]*\n){2,}", re.M)
-#: Distinct lemmas a tokenizer remembers the feature of before starting over.
+#: Distinct lemmas, and morphemes, a tokenizer remembers the feature of before starting over.
 _CACHE_LIMIT = 200_000
 
 
