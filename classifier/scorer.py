@@ -497,51 +497,48 @@ class Scorer:
     ) -> None:
         """Add to each picked label the terms that raised its score most, placed in the document's text.
 
-        For each label, the positive entries of the documents it was picked
-        for are ranked in one sort over the chunk (by document, contribution
-        down, then column); each document then walks its own run until
-        ``top_terms`` distinct terms are placed.
+        The positive entries of every (document, picked label) pair are
+        ranked in one sort over the chunk (by pair, contribution down, then
+        column); each pair then walks its own run until ``top_terms``
+        distinct terms are placed.
         """
         names = self._feature_names()
-        n = len(docs)
-        entry_row = np.repeat(np.arange(n), np.diff(row_starts))
+        # Every (document, picked label) pair, in the order the loop below visits them.
+        pair_doc = [i for i, labels in enumerate(picks) for _ in labels]
+        if not pair_doc:
+            return
+        pair_label = np.array([self._label_index[score.id] for labels in picks for score in labels], dtype=np.intp)
+        firsts = row_starts[np.asarray(pair_doc, dtype=np.intp)]
+        lens = row_starts[np.asarray(pair_doc, dtype=np.intp) + 1] - firsts
+        # Each pair's document entries, with their contribution to the pair's label; the positive ones ranked
+        # by pair, contribution down, then column (the entries of a document are in column order).
+        pair_of = np.repeat(np.arange(len(pair_doc)), lens)
+        entry = np.arange(int(lens.sum())) + np.repeat(firsts - (np.cumsum(lens) - lens), lens)
+        values = contrib[entry, pair_label[pair_of]]
+        positive = values > 0
+        entry, values, pair_of = entry[positive], values[positive], pair_of[positive]
+        order = np.lexsort((entry, -values, pair_of))
+        entry, values, pair_of = entry[order], values[order], pair_of[order]
+        starts = np.searchsorted(pair_of, np.arange(len(pair_doc) + 1))
         # Enough candidates for nearly every label; the rest of a run is read only when some cannot be placed.
         head = 3 * top_terms
-        ranked: dict[int, tuple[list[int], list[float], list[int], np.ndarray, np.ndarray, np.ndarray]] = {}
-        wanted: dict[int, list[int]] = {}
-        for i, labels in enumerate(picks):
-            for score in labels:
-                wanted.setdefault(self._label_index[score.id], []).append(i)
-        for j, picked_rows in wanted.items():
-            chosen = np.zeros(n, dtype=bool)
-            chosen[picked_rows] = True
-            values = contrib[:, j]
-            sel = np.flatnonzero(chosen[entry_row] & (values > 0))
-            rows = entry_row[sel]
-            order = np.lexsort((sel, -values[sel], rows))
-            sel, rows = sel[order], rows[order]
-            starts = np.searchsorted(rows, np.arange(n + 1))
-            first = np.arange(len(sel)) - starts[rows] < head
-            ranked[j] = (
-                col[sel[first]].tolist(),
-                values[sel[first]].tolist(),
-                np.searchsorted(rows[first], np.arange(n + 1)).tolist(),
-                col[sel],
-                values[sel],
-                starts,
-            )
+        first = np.arange(len(entry)) - starts[pair_of] < head
+        columns = col[entry[first]].tolist()
+        weights = values[first].tolist()
+        run = np.searchsorted(pair_of[first], np.arange(len(pair_doc) + 1)).tolist()
+        all_columns, all_weights = col[entry], values
         tokenizer, priors = self.tokenizer(), self._prior_keyword_lists()
+        p = 0
         for i, labels in enumerate(picks):
             if not labels:
                 continue
             locator = _SpanLocator(docs[i], analysed[i], tokenizer, priors, self._field_cols)
             found = locator._found
             for score in labels:
-                columns, weights, run, all_columns, all_weights, all_run = ranked[self._label_index[score.id]]
                 seen: set[str] = set()
                 evidence = score.evidence
                 need = top_terms
-                for k in range(run[i], run[i + 1]):
+                for k in range(run[p], run[p + 1]):
                     column = columns[k]
                     hit = found[column] if column in found else locator.find(names[column], column)
                     if hit is not None and hit[0] not in seen:
@@ -552,8 +549,7 @@ class Scorer:
                             break
                 else:
                     # The head of the run left some terms unplaced: read on through the rest of it.
-                    rest = range(all_run[i] + head, all_run[i + 1])
-                    for k in rest:
+                    for k in range(int(starts[p]) + head, int(starts[p + 1])):
                         column = int(all_columns[k])
                         hit = locator.find(names[column], column)
                         if hit is not None and hit[0] not in seen:
@@ -562,6 +558,7 @@ class Scorer:
                             need -= 1
                             if not need:
                                 break
+                p += 1
 
 
 class _SpanLocator:
