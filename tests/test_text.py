@@ -184,3 +184,22 @@ def test_tokenizer_key_table_holds_every_key_asked_for(monkeypatch: pytest.Monke
     assert set(second) <= set(table) and len(table) <= max(8, len(set(second)))
     assert table[next(k for k in second if k.endswith(",風力"))] == "風力"
     assert table[next(k for k in second if k.endswith(",開発"))] == "開発"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "量子（ＱＵＡＮＴＵＭ）計算，１２３％．",
+        "ＡＢ\u0301Ｃ",  # a combining mark after a full-width letter: composes once folded
+        "①②　ｶﾞｽﾀｰﾋﾞﾝ～Ａ",  # circled digits and half-width katakana need the whole-text pass
+        "ﬁne ㈱ Ｘ\u3000Ｙ",
+        "already normal テキスト",
+        "行1\n行2\t（注）",
+    ],
+)
+def test_normalize_equals_nfkc_with_control_characters_as_spaces(text: str) -> None:
+    import unicodedata
+
+    from classifier.text import _CONTROL
+
+    assert normalize(text) == _CONTROL.sub(" ", unicodedata.normalize("NFKC", text))
