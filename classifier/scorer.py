@@ -517,7 +517,11 @@ class Scorer:
         values = contrib[entry, pair_label[pair_of]]
         positive = values > 0
         entry, values, pair_of = entry[positive], values[positive], pair_of[positive]
-        order = np.lexsort((entry, -values, pair_of))
+        # Two stable sorts (contribution, then pair) instead of a lexsort: ties keep the entries'
+        # column order, and NumPy sorts the small pair numbers by radix.
+        order = np.argsort(-values, kind="stable")
+        pairs = pair_of[order]
+        order = order[np.argsort(pairs.astype(np.int16) if len(pair_doc) < 2**15 else pairs, kind="stable")]
         entry, values, pair_of = entry[order], values[order], pair_of[order]
         starts = np.searchsorted(pair_of, np.arange(len(pair_doc) + 1))
         # Enough candidates for nearly every label; the rest of a run is read only when some cannot be placed.
