@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass
 
 from classifier.errors import InvalidInputError
 
-# Lone surrogates are what undecodable bytes become under errors="surrogateescape".
-_SURROGATE = re.compile("[\ud800-\udfff]")
-# NUL, the replacement character and lone surrogates: signs of binary or undecodable input.
+# NUL, the replacement character and lone surrogates (what undecodable bytes become under
+# errors="surrogateescape"): signs of binary or undecodable input.
 _BAD = re.compile("[\x00\ufffd\ud800-\udfff]")
 
 #: The longest text accepted in one document (title + abstract + keywords), in characters.
@@ -39,29 +38,22 @@ class Document:
 
 
 def _text(value: object, name: str, where: str) -> str:
-    if type(value) is str:  # the common case, checked first
-        if _BAD.search(value):
-            raise InvalidInputError(
-                f"{where}: field {name!r} holds binary or undecodable bytes (save the file as UTF-8 or CP932)"
-            )
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, float) and value != value:  # NaN from a spreadsheet
-        return ""
-    if isinstance(value, (list, tuple)):
-        parts = [_text(v, name, where) for v in value]
-        return "; ".join(p for p in parts if p.strip())
-    if isinstance(value, bytes):
-        raise InvalidInputError(f"{where}: field {name!r} holds bytes, not text")
-    if not isinstance(value, (str, int, float)):
-        raise InvalidInputError(f"{where}: field {name!r} must be text, not {type(value).__name__}")
-    text = str(value)
-    if "\x00" in text or "\ufffd" in text or _SURROGATE.search(text):
-        raise InvalidInputError(
-            f"{where}: field {name!r} holds binary or undecodable bytes (save the file as UTF-8 or CP932)"
-        )
-    return text
+    if type(value) is not str:  # text is the common case: it goes straight to the check
+        if value is None:
+            return ""
+        if isinstance(value, float) and value != value:  # NaN from a spreadsheet
+            return ""
+        if isinstance(value, (list, tuple)):
+            parts = [_text(v, name, where) for v in value]
+            return "; ".join(p for p in parts if p.strip())
+        if isinstance(value, bytes):
+            raise InvalidInputError(f"{where}: field {name!r} holds bytes, not text")
+        if not isinstance(value, (str, int, float)):
+            raise InvalidInputError(f"{where}: field {name!r} must be text, not {type(value).__name__}")
+        value = str(value)
+    if _BAD.search(value):
+        raise InvalidInputError(f"{where}: field {name!r} holds binary or undecodable bytes (save the file as UTF-8 or CP932)")
+    return value
 
 
 def make_document(record: Mapping[str, object], where: str, default_id: str | None = None) -> Document:
