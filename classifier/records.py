@@ -212,7 +212,7 @@ def _read_jsonl(path: Path, columns: Columns, lazy: bool = False) -> Iterator[Ra
             if obj is not None and mapping is None:
                 # The first object's keys name the columns for the whole file.
                 mapping = columns.resolve(list(obj.keys()), str(path))
-                record = _jsonl_record(where, line_no, raw, mapping)[0]
+                record = _mapped_record(where, line_no, obj, mapping)
             yield record
     if count == 0:
         raise InvalidInputError(f"{path}: the file is empty")
@@ -232,8 +232,12 @@ def _jsonl_record(where: str, line_no: int, raw: bytes, mapping: dict[str, str] 
         return RawRecord(where, line_no, None, f"{where}: expected a JSON object, got {type(obj).__name__}"), None
     if mapping is None:
         return RawRecord(where, line_no, None), obj
+    return _mapped_record(where, line_no, obj, mapping), obj
+
+
+def _mapped_record(where: str, line_no: int, obj: dict[str, Any], mapping: dict[str, str]) -> RawRecord:
     raw_id = obj.get(mapping["id"])
-    return RawRecord(where, line_no, _mapped(obj, mapping), raw_id=None if raw_id is None else str(raw_id)), obj
+    return RawRecord(where, line_no, _mapped(obj, mapping), raw_id=None if raw_id is None else str(raw_id))
 
 
 def _read_xlsx(path: Path, columns: Columns) -> Iterator[RawRecord]:
