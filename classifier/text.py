@@ -125,19 +125,19 @@ def english_stop_words() -> frozenset[str]:
 class Tokenizer:
     """Japanese/English tokenizer over fugashi + unidic-lite; holds configuration only.
 
-    MeCab splits the whole lower-cased normalised text into surfaces
-    (``-Owakati``), read as one string (issue 2: per-token feature objects
-    run at a quarter of MeCab's speed). The feature of each distinct surface
-    is worked out once, from MeCab's analysis of that surface alone, and
-    remembered: Japanese content words (nouns other than numerals, verbs,
-    adjectives, adjectival nouns) become their lemmas, ASCII words Snowball
-    stems; other words and stop words have none. ``compounds`` adds compound
-    nouns (runs of two to four nouns, written together) as extra features;
-    off by default because it lowered dev-set F1. ``english_stop`` is the
-    English stop list (default: :func:`english_stop_words`; a saved model
-    carries its own, so classifying needs no scikit-learn). Taggers are
-    created on first use in each process and dropped when pickled
-    (fugashi#54).
+    MeCab splits the whole lower-cased normalised text into morphemes,
+    written as ``"<left id>,<surface>"`` and read as one string (issue 2:
+    per-token feature objects run at a quarter of MeCab's speed). The
+    feature of each distinct morpheme is worked out once, from the morpheme
+    alone, and remembered: nouns other than numerals and adjectival nouns
+    are their surfaces, verbs and adjectives their lemmas, ASCII words
+    Snowball stems; other words and stop words have none. ``compounds``
+    adds compound nouns (runs of two to four nouns, written together) as
+    extra features; off by default because it lowered dev-set F1.
+    ``english_stop`` is the English stop list (default:
+    :func:`english_stop_words`; a saved model carries its own, so
+    classifying needs no scikit-learn). Taggers are created on first use in
+    each process and dropped when pickled (fugashi#54).
     """
 
     def __init__(self, compounds: bool = False, english_stop: frozenset[str] | None = None) -> None:
@@ -196,16 +196,19 @@ class Tokenizer:
             if "-" in word:
                 word = _GLOSS.sub("", word)
             word = unicodedata.normalize("NFKC", word).lower()
-            if word in self._stop or not word:
-                feature = None
-            elif word.isascii() and word[:1].isalpha():
-                feature = self._stem(word)
-            else:
-                feature = word
+            feature = self._word_feature(word) if word else None
             if len(self._features) >= _CACHE_LIMIT:
                 self._features.clear()
             self._features[lemma] = feature
         return feature
+
+    def _word_feature(self, word: str) -> str | None:
+        """The feature of a normalised, lower-cased word: None for a stop word, a stem for an English word."""
+        if word in self._stop:
+            return None
+        if word.isascii() and word[:1].isalpha():
+            return self._stem(word)  # type: ignore[no-any-return]
+        return word
 
     def key_feature(self, key: str) -> str | None:
         """The feature of one ``"<left id>,<surface>"`` morpheme of :meth:`token_counts`, or None.
@@ -252,11 +255,7 @@ class Tokenizer:
         if kind == "noun":
             # Unknown symbols share a noun's left id: a word has a letter, digit or kana in it.
             # The surface comes from normalised, lower-cased text: only stop words and stems remain.
-            if not _WORD_CHAR.search(surface) or surface in self._stop:
-                return None
-            if surface.isascii() and surface[:1].isalpha():
-                return self._stem(surface)  # type: ignore[no-any-return]
-            return surface
+            return self._word_feature(surface) if _WORD_CHAR.search(surface) else None
         if kind == "inflected":
             lemma = self._content_lemma(lid, surface)
             return None if lemma is None else self.feature(lemma)
@@ -281,16 +280,12 @@ class Tokenizer:
         """
         want = self._kinds()[int(lid)][1]
         tagger = self._get_tagger()
-        paths = [tagger.parseToNodeList(surface)]
-        for more in (True, False):
-            for path in paths:
+        for readings in (lambda: [tagger.parseToNodeList(surface)], lambda: tagger.nbestToNodeList(surface, 10)):
+            for path in readings():
                 if len(path) == 1 and path[0].surface == surface:
-                    node = path[0]
-                    feature = node.feature_raw.split(",")
+                    feature = path[0].feature_raw.split(",")
                     if feature[:6] == want:
-                        return surface if node.is_unk or len(feature) < 8 else feature[7]
-            if more:
-                paths = tagger.nbestToNodeList(surface, 10)
+                        return surface if path[0].is_unk or len(feature) < 8 else feature[7]
         return None
 
     def token_counts(self, low: str) -> Counter[str]:
@@ -302,9 +297,7 @@ class Tokenizer:
         surface. Not for a tokenizer with ``compounds`` (use :meth:`counts`).
         Empty text gives an empty Counter.
         """
-        if not low or low.isspace():
-            return Counter()
-        return Counter(self._get_tagger().parse(low).split())
+        return Counter(self.morphemes(low))
 
     def morphemes(self, low: str) -> list[str]:
         """Return the morphemes of lower-cased normalised text in order, as :meth:`token_counts` keys (repeats kept)."""
@@ -345,7 +338,7 @@ class Tokenizer:
             return []
         low = norm.lower()
         feature_of = self.key_feature
-        pairs = [(f, key_surface(key)) for key in self._get_tagger().parse(low).split() if (f := feature_of(key)) is not None]
+        pairs = [(f, key_surface(key)) for key in self.morphemes(low) if (f := feature_of(key)) is not None]
         if self.compounds:
             out = self._get_node_tagger().parse(low)
             for block in _NOUN_RUN.findall(out + "\n"):
