@@ -19,6 +19,7 @@ import functools
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,8 +309,8 @@ class Scorer:
         segs: list[int] = []
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-        def add(found: dict[int, float] | list[tuple[int, float]], seg: int) -> None:
-            for c, n in found.items() if isinstance(found, dict) else found:
+        def add(found: list[tuple[int, float]], seg: int) -> None:
+            for c, n in found:
                 cols.append(c)
                 counts.append(n)
                 segs.append(seg)
@@ -504,12 +505,12 @@ class Scorer:
         """
         names = self._feature_names()
         # Every (document, picked label) pair, in the order the loop below visits them.
-        pair_doc = [i for i, labels in enumerate(picks) for _ in labels]
-        if not pair_doc:
+        pair_doc = np.array([i for i, labels in enumerate(picks) for _ in labels], dtype=np.intp)
+        if not len(pair_doc) or top_terms <= 0:
             return
         pair_label = np.array([self._label_index[score.id] for labels in picks for score in labels], dtype=np.intp)
-        firsts = row_starts[np.asarray(pair_doc, dtype=np.intp)]
-        lens = row_starts[np.asarray(pair_doc, dtype=np.intp) + 1] - firsts
+        firsts = row_starts[pair_doc]
+        lens = row_starts[pair_doc + 1] - firsts
         # Each pair's document entries, with their contribution to the pair's label; the positive ones ranked
         # by pair, contribution down, then column (the entries of a document are in column order).
         pair_of = np.repeat(np.arange(len(pair_doc)), lens)
@@ -532,36 +533,27 @@ class Scorer:
         run = np.searchsorted(pair_of[first], np.arange(len(pair_doc) + 1)).tolist()
         all_columns, all_weights = col[entry], values
         tokenizer, priors = self.tokenizer(), self._prior_keyword_lists()
+
+        def candidates(p: int) -> Iterator[tuple[int, float]]:
+            # The head of pair p's run, then (only when terms remain unplaced) the rest of it.
+            yield from zip(columns[run[p] : run[p + 1]], weights[run[p] : run[p + 1]], strict=True)
+            for k in range(int(starts[p]) + head, int(starts[p + 1])):
+                yield int(all_columns[k]), float(all_weights[k])
+
         p = 0
         for i, labels in enumerate(picks):
             if not labels:
                 continue
-            locator = _SpanLocator(docs[i], analysed[i], tokenizer, priors, self._field_cols)
-            found = locator._found
+            find = _SpanLocator(docs[i], analysed[i], tokenizer, priors, self._field_cols).find
             for score in labels:
                 seen: set[str] = set()
-                evidence = score.evidence
-                need = top_terms
-                for k in range(run[p], run[p + 1]):
-                    column = columns[k]
-                    hit = found[column] if column in found else locator.find(names[column], column)
+                for column, weight in candidates(p):
+                    hit = find(names[column], column)
                     if hit is not None and hit[0] not in seen:
                         seen.add(hit[0])
-                        evidence.append(Evidence(hit[0], hit[1], hit[2], hit[3], weights[k]))
-                        need -= 1
-                        if not need:
+                        score.evidence.append(Evidence(hit[0], hit[1], hit[2], hit[3], weight))
+                        if len(score.evidence) >= top_terms:
                             break
-                else:
-                    # The head of the run left some terms unplaced: read on through the rest of it.
-                    for k in range(int(starts[p]) + head, int(starts[p + 1])):
-                        column = int(all_columns[k])
-                        hit = locator.find(names[column], column)
-                        if hit is not None and hit[0] not in seen:
-                            seen.add(hit[0])
-                            evidence.append(Evidence(hit[0], hit[1], hit[2], hit[3], float(all_weights[k])))
-                            need -= 1
-                            if not need:
-                                break
                 p += 1
 
 
