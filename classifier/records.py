@@ -227,7 +227,8 @@ def _jsonl_record(where: str, line_no: int, raw: bytes, mapping: dict[str, str] 
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        return RawRecord(where, line_no, None, f"{where}: malformed JSON: {exc.msg} at column {exc.colno}"), None
+        # json's message for a control character ends in "at"; the column follows it here.
+        return RawRecord(where, line_no, None, f"{where}: malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"), None
     if not isinstance(obj, dict):
         return RawRecord(where, line_no, None, f"{where}: expected a JSON object, got {type(obj).__name__}"), None
     if mapping is None:

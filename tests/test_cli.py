@@ -231,3 +231,13 @@ def test_lazy_jsonl_records_parse_like_eager_ones(tmp_path: Path) -> None:
     assert [r.line for r in eager] == [1, 2, 3, 5, 6, 7]
     assert [r.raw_id for r in eager] == [None, "a", None, "7", None, None]
     assert "malformed JSON" in (eager[0].error or "") and "undecodable" in (eager[4].error or "")
+
+
+def test_malformed_json_message_names_the_column_once(tmp_path: Path) -> None:
+    from classifier.records import read_records
+
+    src = tmp_path / "ctl.jsonl"
+    src.write_text('{"id": "a", "abstract": "x\ty"}\n', encoding="utf-8")
+    (record,) = read_records(src)
+    assert record.error is not None and "malformed JSON: Invalid control character at column" in record.error
+    assert " at at " not in record.error
