@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 CSV_COLUMNS = ["id", "status", "domains", "domain_scores", "pillars", "pillar_scores", "evidence", "model_version", "error"]
 
@@ -90,7 +91,8 @@ class Writer:
 def render(fmt: str, outcome: dict[str, Any]) -> str:
     """Return one outcome as text in ``fmt`` (jsonl, csv, tsv or table), ending with a newline."""
     if fmt == "jsonl":
-        return json.dumps(outcome, ensure_ascii=False) + "\n"
+        # orjson writes the same JSON as json.dumps(ensure_ascii=False), without the spaces, about 5x faster (issue 2).
+        return orjson.dumps(outcome, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY).decode()
     if fmt in ("csv", "tsv"):
         buf = io.StringIO()
         csv.DictWriter(buf, CSV_COLUMNS, delimiter="\t" if fmt == "tsv" else ",").writerow(flat_row(outcome))

@@ -241,3 +241,22 @@ def test_malformed_json_message_names_the_column_once(tmp_path: Path) -> None:
     (record,) = read_records(src)
     assert record.error is not None and "malformed JSON: Invalid control character at column" in record.error
     assert " at at " not in record.error
+
+
+def test_jsonl_render_is_json_of_the_outcome() -> None:
+    # JSONL lines are written by orjson: one line each, the same JSON values as json.dumps gives,
+    # non-ASCII kept as is and control characters escaped.
+    from granttag.output import render
+
+    outcome = {
+        "id": "r\t1",
+        "status": "ok",
+        "domains": [{"id": "quantum", "score": 0.8125, "evidence": [{"term": "量子\u2028", "start": 0, "end": 3, "weight": 0.1}]}],
+        "pillars": [],
+        "model_version": "v1",
+        "scores": {"quantum": 0.8125, "space": 1e-05},
+    }
+    line = render("jsonl", outcome)
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert json.loads(line) == outcome
+    assert "量子" in line and "\\t" in line
