@@ -60,8 +60,8 @@ def main() -> None:
         return wrapper
 
     tokenizer = model.tokenizer()
-    tokenizer.morphemes = timed("MeCab and str.split", tokenizer.morphemes)  # type: ignore[method-assign]
-    tokenizer.key_features = timed("new morphemes' features", tokenizer.key_features)  # type: ignore[method-assign]
+    tokenizer.parse = timed("MeCab", tokenizer.parse)  # type: ignore[method-assign]
+    tokenizer.key_feature = timed("new morphemes' features", tokenizer.key_feature)  # type: ignore[method-assign]
     scorer_module.analyse_document = timed("analysis (normalise, MeCab)", scorer_module.analyse_document)  # type: ignore[assignment]
     model._entries = timed("feature entries (all blocks)", model._entries)  # type: ignore[method-assign]
     model._token_entries = timed("morphemes to columns", model._token_entries)  # type: ignore[method-assign]

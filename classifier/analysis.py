@@ -33,9 +33,10 @@ class Analysed:
     """A document after text analysis: normalised text and tokens per text field.
 
     ``counts`` (feature counts, the keywords field with its ``kw=`` features)
-    is filled for training; ``mecab`` (each field's MeCab morphemes in
-    order, repeats kept; features with compound nouns) for prediction, which
-    maps tokens to columns itself and keeps surfaces for explanations.
+    is filled for training; ``mecab`` for prediction, which maps tokens to
+    columns itself and keeps surfaces for explanations: each field's MeCab
+    output (:meth:`Tokenizer.parse`: the morphemes in order, repeats kept,
+    space-separated), or with compound nouns its list of features.
     """
 
     counts: dict[str, dict[str, int]]
@@ -74,7 +75,7 @@ def analyse_document(doc: Document, tokenizer: Tokenizer, *, for_prediction: boo
             else:
                 counts[name] = found
         elif for_prediction:
-            mecab[name] = tokenizer.morphemes(low)
+            mecab[name] = tokenizer.parse(low)
         else:
             counts[name] = tokenizer.features_of(tokenizer.token_counts(low))
     if not for_prediction and norms["keywords"]:

@@ -35,6 +35,7 @@ from classifier.analysis import (
     analyse_document,
     keyword_features,
 )
+from classifier.columns import MorphemeColumns, count_columns
 from classifier.documents import Document
 from classifier.errors import ModelIntegrityError
 from classifier.text import Tokenizer, english_stop_words, key_surface, normalize_with_offsets
@@ -144,7 +145,7 @@ class Scorer:
         self._vocab: list[dict[str, int] | None] = [
             None if b.terms is None else {t: b.offset + j for j, t in enumerate(b.terms)} for b in self.blocks
         ]
-        self._morpheme_cols: list[dict[str, int]] = [{} for _ in self.blocks]
+        self._morpheme_cols: list[Any] = [MorphemeColumns() for _ in self.blocks]
         self._value_cols: list[dict[str, list[tuple[int, float]]]] = [{} for _ in self.blocks]
         self._field_cols = {block.name: self._morpheme_cols[b] for b, block in enumerate(self.blocks) if block.name in TEXT_FIELDS}
         self._label_index = {label: j for j, label in enumerate(self.domain_ids + self.pillar_ids)}
@@ -294,9 +295,10 @@ class Scorer:
 
         The segment of an entry is ``row * len(blocks) + block``; column -1
         is a word with no feature or one outside the vocabulary. A text block
-        gathers the MeCab morphemes of the whole chunk and maps them to
-        columns in one pass at C speed: each distinct morpheme is looked up
-        once per process (``_morpheme_cols``). Program names and field codes
+        counts the columns of the chunk's MeCab output in one pass
+        (:func:`classifier.columns.count_columns`): each distinct morpheme's
+        column is worked out once per process and kept in a
+        :data:`~classifier.columns.MorphemeColumns` table (``_morpheme_cols``). Program names and field codes
         repeat across records and are mapped once per distinct value. Two
         morphemes may share a feature (a stem, a spelling); :meth:`_score`
         adds such entries up.
@@ -351,28 +353,24 @@ class Scorer:
     def _token_entries(
         self, b: int, name: str, vocab: dict[str, int], analysed: list[Analysed], rows: np.ndarray, tokenizer: Tokenizer
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The entries of text field ``name`` (block ``b``) of every document of the chunk."""
-        cache = self._morpheme_cols[b]
-        if len(cache) > _MORPHEME_CACHE_LIMIT:
-            cache.clear()
-        keys: list[str] = []
-        lens: list[int] = []
-        for a in analysed:
-            tokens = a.mecab[name]
-            keys.extend(tokens)
-            lens.append(len(tokens))
-        # Set operations and dict lookups at C speed; Python code runs once per new morpheme only.
-        missing = set(keys).difference(cache)
-        if missing:
-            get = vocab.get
-            if tokenizer.compounds:  # the tokens are features already
-                cache.update({key: get(key, -1) for key in missing})
-            else:
-                features = tokenizer.key_features(missing)
-                cache.update({key: get(features[key], -1) for key in missing})  # type: ignore[arg-type]
-        found = list(map(cache.__getitem__, keys))
-        # One entry per occurrence: _score adds up the counts.
-        return np.asarray(found, dtype=np.intp), np.ones(len(found)), np.repeat(rows + b, lens)
+        """The entries of text field ``name`` (block ``b``) of every document of the chunk, one per (document, column)."""
+        if tokenizer.compounds:  # the tokens are features already
+            found = [
+                (i, c, n) for i, a in enumerate(analysed) for f, n in Counter(a.mecab[name]).items() if (c := vocab.get(f)) is not None
+            ]
+            i_, c_, n_ = zip(*found, strict=True) if found else ((), (), ())
+            return np.asarray(c_, dtype=np.intp), np.asarray(n_, dtype=np.float64), rows[np.asarray(i_, dtype=np.intp)] + b
+        table = self._morpheme_cols[b]
+        if len(table) > _MORPHEME_CACHE_LIMIT:
+            table.clear()
+        get = vocab.get
+
+        def resolve(key: str) -> int:
+            # Worked out once per distinct morpheme and process; the table remembers it.
+            return get(tokenizer.key_feature(key), -1)  # type: ignore[arg-type]
+
+        docs, cols, counts = count_columns(table, [a.mecab[name] for a in analysed], self.coef_t.shape[0], resolve)
+        return cols.astype(np.intp), counts, rows[docs] + b
 
     def _score(self, docs: list[Document]) -> tuple[list[Analysed], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Analyse ``docs``; return their analyses, calibrated probabilities, and the per-entry columns, contributions and row starts."""
@@ -572,7 +570,7 @@ class _SpanLocator:
         analysed: Analysed,
         tokenizer: Tokenizer,
         prior_keywords: dict[str, list[str]],
-        field_cols: dict[str, dict[str, int]] | None = None,
+        field_cols: dict[str, Any] | None = None,
     ) -> None:
         self.doc = doc
         self.analysed = analysed
@@ -623,7 +621,7 @@ class _SpanLocator:
         cache = self.field_cols.get(name)
         if tokens is not None and cache is not None and column is not None and not self.tokenizer.compounds:
             if name not in self._token_cols:
-                keys = list(tokens)
+                keys = tokens.split()
                 self._token_cols[name] = (keys, list(map(cache.get, keys)))
             keys, found = self._token_cols[name]
             try:

@@ -18,7 +18,6 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,23 +228,6 @@ class Tokenizer:
             self._key_features[key] = feature
         return feature
 
-    def key_features(self, keys: Iterable[str]) -> dict[str, str | None]:
-        """Work out the feature of every key of ``keys`` not known yet; return the key → feature table.
-
-        The table holds every one of ``keys`` when this returns (it is
-        started over first if they would not fit under the cache limit).
-        """
-        table = self._key_features
-        missing = set(keys).difference(table)
-        if missing:
-            if len(table) + len(missing) > _CACHE_LIMIT:
-                table.clear()
-                missing = set(keys)
-            compute = self._key_feature
-            for key in missing:
-                table[key] = compute(key)
-        return table
-
     def _key_feature(self, key: str) -> str | None:
         """Work out the feature of one key (see :meth:`key_feature`), without the cache."""
         if not self._stop:
@@ -301,9 +283,13 @@ class Tokenizer:
 
     def morphemes(self, low: str) -> list[str]:
         """Return the morphemes of lower-cased normalised text in order, as :meth:`token_counts` keys (repeats kept)."""
+        return self.parse(low).split()
+
+    def parse(self, low: str) -> str:
+        """Return MeCab's output for lower-cased normalised text: the :meth:`morphemes`, each followed by a space."""
         if not low or low.isspace():
-            return []
-        return self._get_tagger().parse(low).split()  # type: ignore[no-any-return]
+            return ""
+        return self._get_tagger().parse(low)  # type: ignore[no-any-return]
 
     def features_of(self, tokens: Counter[str]) -> dict[str, int]:
         """Return the feature counts of :meth:`token_counts`' output."""

@@ -26,7 +26,11 @@ def test_taxonomy_has_guide_ids() -> None:
 
 
 def test_predict_quantum_text(model) -> None:  # type: ignore[no-untyped-def]
-    doc = Document("q", title="超伝導量子ビットの誤り訂正", abstract="超伝導量子ビットを用いた表面符号による量子誤り訂正を実証し、量子コンピュータの実現を目指す。")
+    doc = Document(
+        "q",
+        title="超伝導量子ビットの誤り訂正",
+        abstract="超伝導量子ビットを用いた表面符号による量子誤り訂正を実証し、量子コンピュータの実現を目指す。",
+    )
     pred = model.predict([doc])[0]
     assert [d.id for d in pred.domains][:1] == ["quantum"]
     assert pred.pillars, "every document gets at least one pillar"
@@ -38,7 +42,9 @@ def test_predict_quantum_text(model) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_predict_humanities_text_has_no_domain(model) -> None:  # type: ignore[no-untyped-def]
-    doc = Document("h", title="中世和歌の注釈史", abstract="本研究は中世の和歌注釈書を比較し、歌学の変遷と古典受容の歴史を文献学的に明らかにする。")
+    doc = Document(
+        "h", title="中世和歌の注釈史", abstract="本研究は中世の和歌注釈書を比較し、歌学の変遷と古典受容の歴史を文献学的に明らかにする。"
+    )
     pred = model.predict([doc])[0]
     assert pred.domains == []
     assert [p.id for p in pred.pillars] == ["science_renaissance"]
@@ -208,8 +214,17 @@ def test_default_model_is_current_only_for_same_training_text(pipeline, tmp_path
 def test_scorer_probabilities_equal_the_sklearn_pipeline(pipeline) -> None:  # type: ignore[no-untyped-def]
     # The scorer reproduces TF-IDF, weights, priors, the linear model and calibration without scikit-learn.
     docs = [
-        Document("a", title="量子センサー", abstract="ダイヤモンドNV中心による磁場計測", keywords="量子; センサ", program="基盤研究(B)", field="小区分24010:航空宇宙工学関連"),
-        Document("b", abstract="Coral reef monitoring from satellites; computing computers compute", program="NSF Directorate For Geosciences"),
+        Document(
+            "a",
+            title="量子センサー",
+            abstract="ダイヤモンドNV中心による磁場計測",
+            keywords="量子; センサ",
+            program="基盤研究(B)",
+            field="小区分24010:航空宇宙工学関連",
+        ),
+        Document(
+            "b", abstract="Coral reef monitoring from satellites; computing computers compute", program="NSF Directorate For Geosciences"
+        ),
         Document("c", abstract="。。。"),
         Document("d", title="リチウムイオン電池", abstract="固体電解質の材料を作り、示された結果を調べる", keywords="電池、電池; battery"),
     ]
@@ -268,10 +283,17 @@ def test_scorer_equals_pipeline_with_compounds_and_char_ngrams() -> None:
 def test_evidence_is_the_same_alone_and_in_a_chunk(model) -> None:  # type: ignore[no-untyped-def]
     # Explanations are ranked over a whole chunk at once: no document's terms may leak into another's.
     docs = [
-        Document("a", title="超伝導量子ビットの誤り訂正", abstract="表面符号による量子誤り訂正を実証する。", keywords="量子計算; 量子ビット"),
+        Document(
+            "a", title="超伝導量子ビットの誤り訂正", abstract="表面符号による量子誤り訂正を実証する。", keywords="量子計算; 量子ビット"
+        ),
         Document("b", abstract="洋上風力発電の浮体構造と係留システムを開発し、海洋環境への影響を評価する。"),
         Document("c", title="中世和歌の注釈史", abstract="歌学の変遷を文献学的に明らかにする。"),
-        Document("d", title="Small satellites", abstract="Constellations of small satellites for Earth observation and launch cost reduction.", program="SBIR Phase I"),
+        Document(
+            "d",
+            title="Small satellites",
+            abstract="Constellations of small satellites for Earth observation and launch cost reduction.",
+            program="SBIR Phase I",
+        ),
         Document("e", abstract="半導体の微細加工と量子ドットを用いた単一光子源を開発し、量子通信に用いる。"),
     ]
     together = model.predict(docs)
@@ -284,3 +306,47 @@ def test_evidence_is_the_same_alone_and_in_a_chunk(model) -> None:  # type: igno
             assert len({e.term for e in label.evidence}) == len(label.evidence) <= 5
             for e in label.evidence:
                 assert getattr(doc, e.field)[e.start : e.end] == e.term
+
+
+def test_predictions_are_the_same_with_the_pure_python_morpheme_table(model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Without the compiled speed-up (no C compiler at install) granttag predicts exactly the same.
+    import classifier.scorer as scorer_module
+    from classifier.columns import PyMorphemeColumns
+    from classifier.scorer import Scorer
+
+    docs = [
+        Document(
+            "a",
+            title="超伝導量子ビットの誤り訂正",
+            abstract="表面符号による量子誤り訂正を実証し、量子計算を目指す。",
+            keywords="量子計算; 量子ビット",
+        ),
+        Document("b", abstract="洋上風力発電の浮体構造と係留システムを開発し、海洋環境への影響を評価する。"),
+        Document(
+            "d", title="Small satellites", abstract="Constellations of small satellites for Earth observation.", program="SBIR Phase I"
+        ),
+    ]
+    fresh = Scorer(
+        model.tables,
+        {
+            "coef_t": model.coef_t,
+            "intercept": model.intercept,
+            "calibration": model.calibration,
+            "thresholds": model.thresholds,
+            "idf": model.idf,
+        },
+    )
+    expected = [p.as_dict(scores=True) for p in fresh.predict(docs)]
+    monkeypatch.setattr(scorer_module, "MorphemeColumns", PyMorphemeColumns)
+    plain = Scorer(
+        model.tables,
+        {
+            "coef_t": model.coef_t,
+            "intercept": model.intercept,
+            "calibration": model.calibration,
+            "thresholds": model.thresholds,
+            "idf": model.idf,
+        },
+    )
+    assert all(isinstance(t, PyMorphemeColumns) for t in plain._morpheme_cols)
+    assert [p.as_dict(scores=True) for p in plain.predict(docs)] == expected
