@@ -114,6 +114,9 @@ def classify_records(
             yield from emit(_classify_chunk(chunk))
         return
     ctx = mp.get_context("fork")
+    warm = getattr(model, "warm", None)
+    if warm is not None:
+        warm()  # built once here, shared by the forked workers
     with ctx.Pool(jobs) as pool:
         pending: list[Any] = []
         for chunk in chunks():

@@ -269,6 +269,18 @@ class Scorer:
             )
         return self._tokenizer
 
+    def warm(self) -> None:
+        """Build now what the first prediction would build: the tagger, the part-of-speech table and the keyword automata.
+
+        Called before worker processes are forked, so that they share these
+        instead of each building its own (about 50 ms apiece).
+        """
+        self.tokenizer().warm()
+        self._prior_matcher()
+        for words in self._prior_keyword_lists().values():
+            if words:
+                _keyword_matcher(tuple(words))
+
     def _prior_matcher(self) -> PriorMatcher:
         if self._prior is None:
             spec = self.tables.get("prior") or {}

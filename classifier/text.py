@@ -243,6 +243,11 @@ class Tokenizer:
             return None if lemma is None else self.feature(lemma)
         return None
 
+    def warm(self) -> None:
+        """Create this process's tagger and read the part-of-speech table now rather than on first use."""
+        self._get_tagger()
+        self._kinds()
+
     def _kinds(self) -> dict[int, tuple[str, list[str]]]:
         if self._content is None:
             import unidic_lite

@@ -350,3 +350,26 @@ def test_predictions_are_the_same_with_the_pure_python_morpheme_table(model, mon
     )
     assert all(isinstance(t, PyMorphemeColumns) for t in plain._morpheme_cols)
     assert [p.as_dict(scores=True) for p in plain.predict(docs)] == expected
+
+
+def test_warm_builds_what_forked_workers_share(model) -> None:  # type: ignore[no-untyped-def]
+    # `granttag classify` warms the model before forking its workers: the tagger, the
+    # part-of-speech table and the keyword automata exist afterwards, and predictions are unchanged.
+    from classifier.scorer import Scorer
+
+    fresh = Scorer(
+        model.tables,
+        {
+            "coef_t": model.coef_t,
+            "intercept": model.intercept,
+            "calibration": model.calibration,
+            "thresholds": model.thresholds,
+            "idf": model.idf,
+        },
+    )
+    doc = Document("a", title="超伝導量子ビット", abstract="量子誤り訂正を実証し、大学の研究力を高める。")
+    before = fresh.predict([doc])[0].as_dict(scores=True)
+    fresh.warm()
+    tokenizer = fresh.tokenizer()
+    assert tokenizer._tagger is not None and tokenizer._content is not None and fresh._prior is not None
+    assert fresh.predict([doc])[0].as_dict(scores=True) == before
