@@ -16,7 +16,6 @@ cdef extern from "Python.h":
     ctypedef struct PyObject
     # Py_UCS4 as a plain C integer (Cython's own Py_UCS4 turns into a str in arithmetic).
     ctypedef unsigned int ucs4 "Py_UCS4"
-    bint Py_UNICODE_ISSPACE(ucs4 ch)
     int PyUnicode_KIND(object u)
     void* PyUnicode_DATA(object u)
     Py_ssize_t PyUnicode_GET_LENGTH(object u)
@@ -30,13 +29,32 @@ cdef int _compare(const void* a, const void* b) noexcept nogil:
     return (x > y) - (x < y)
 
 
+# FNV-1a over the code points, so that a key hashes alike whatever the kind of the string it sits in.
+cdef extern from *:
+    """
+    #define GRANTTAG_FNV_OFFSET 14695981039346656037ULL
+    #define GRANTTAG_FNV_PRIME 1099511628211ULL
+    """
+    uint64_t FNV_OFFSET "GRANTTAG_FNV_OFFSET"
+    uint64_t FNV_PRIME "GRANTTAG_FNV_PRIME"
+
+
 cdef inline uint64_t _hash(int kind, void* data, Py_ssize_t start, Py_ssize_t end) noexcept:
-    # FNV-1a over the code points, so that a key hashes alike whatever the kind of the string it sits in.
-    cdef uint64_t h = 14695981039346656037ULL
+    cdef uint64_t h = FNV_OFFSET
     cdef Py_ssize_t i
     for i in range(start, end):
-        h = (h ^ PyUnicode_READ(kind, data, i)) * 1099511628211ULL
+        h = (h ^ PyUnicode_READ(kind, data, i)) * FNV_PRIME
     return h | 1  # 0 marks an empty slot
+
+
+cdef inline bint _space(ucs4 ch) noexcept:
+    # What str.split() splits on (Py_UNICODE_ISSPACE), without a function call for every kanji.
+    if ch < 128:
+        return ch == 32 or 9 <= ch <= 13 or 28 <= ch <= 31
+    if ch > 0x3000:
+        return False
+    return (ch == 0x85 or ch == 0xA0 or ch == 0x1680 or 0x2000 <= ch <= 0x200A or ch == 0x2028 or ch == 0x2029
+            or ch == 0x202F or ch == 0x205F or ch == 0x3000)
 
 
 cdef bytes _as_bytes(void* data, Py_ssize_t size):
@@ -201,6 +219,7 @@ cdef class MorphemeColumns:
         cdef void* data
         cdef int64_t col
         cdef uint64_t h
+        cdef ucs4 ch
         cdef object text, key
         cdef void* grown
         if width < 0:
@@ -223,14 +242,22 @@ cdef class MorphemeColumns:
                 n_touched = 0
                 i = 0
                 while i < length:
-                    while i < length and Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)):
+                    ch = PyUnicode_READ(kind, data, i)
+                    if _space(ch):
                         i += 1
-                    if i >= length:
-                        break
+                        continue
+                    # One morpheme: find its end and hash it in the same pass.
                     start = i
-                    while i < length and not Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)):
+                    h = FNV_OFFSET
+                    while True:
+                        h = (h ^ ch) * FNV_PRIME
                         i += 1
-                    h = _hash(kind, data, start, i)
+                        if i >= length:
+                            break
+                        ch = PyUnicode_READ(kind, data, i)
+                        if _space(ch):
+                            break
+                    h |= 1
                     slot = self._slot(h, kind, data, start, i)
                     if self.hashes[slot]:
                         col = self.cols[slot]

@@ -114,3 +114,18 @@ def test_compiled_and_python_tables_agree_on_random_text() -> None:
 def test_the_scorer_uses_the_compiled_table_when_it_is_built() -> None:
     assert columns.COMPILED == (Compiled is not None)
     assert (columns.MorphemeColumns is Compiled) if Compiled is not None else (columns.MorphemeColumns is PyMorphemeColumns)
+
+
+@needs_compiled
+def test_compiled_table_splits_on_exactly_what_str_split_splits_on() -> None:
+    # Every code point Python counts as whitespace separates morphemes; others (U+200B, U+180E) do not.
+    import sys
+
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    others = ["\u200b", "\u180e", "\u3001", "\x00", "\x7f", "\u2030", "\u3001"]
+    text = "".join(f"k{i}{sep}" for i, sep in enumerate(spaces)) + "x" + "y".join(others) + "z"
+    assert len(text.split()) == len(spaces) + 1
+    asked: list[str] = []
+    table = Compiled()
+    count_columns(table, [text], 1, lambda key: asked.append(key) or 0)  # type: ignore[func-returns-value]
+    assert asked == text.split()
