@@ -85,6 +85,7 @@ def main() -> None:
         "output_rows": lines,
         "exit_status": proc.returncode,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "compiled_speedup": _compiled(),
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "command": f"python3 bench/bench_classify_speed.py {n} {rounds}",
         "data": CREDIT,
@@ -93,6 +94,13 @@ def main() -> None:
     Path(__file__).resolve().parent.joinpath("results", "bench_classify_speed.json").write_text(
         json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
+
+
+def _compiled() -> bool:
+    """Whether the optional compiled morpheme table (speedups/) is built and in use."""
+    from classifier.columns import COMPILED
+
+    return COMPILED
 
 
 if __name__ == "__main__":
