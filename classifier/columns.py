@@ -30,6 +30,10 @@ COMPILED = _CompiledTable is not None
 class PyMorphemeColumns(dict[str, int]):
     """The pure-Python :class:`MorphemeColumns`: a dict with :meth:`count`."""
 
+    def first_with(self, text: str, column: int) -> str | None:
+        """The first whitespace-separated morpheme of ``text`` whose column in the table is ``column``, or None."""
+        return next((key for key in text.split() if self.get(key) == column), None)
+
     def count(self, texts: list[str], width: int, resolve: Callable[[str], int]) -> tuple[bytes, bytes, bytes]:
         """As the compiled table's ``count``: entries (rows, columns, counts) as int64/int64/float64 bytes."""
         keys: list[str] = []

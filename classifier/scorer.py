@@ -592,7 +592,6 @@ class _SpanLocator:
         self.field_cols = field_cols or {}
         self._lows: dict[str, str] = {}
         self._surfaces: dict[str, dict[str, str]] = {}
-        self._token_cols: dict[str, tuple[list[str], list[int | None]]] = {}
         self._offsets: dict[str, tuple[list[int], list[int]] | None] = {}
         self._found: dict[Any, tuple[str, str, int, int] | None] = {}
 
@@ -632,14 +631,8 @@ class _SpanLocator:
         tokens = self.analysed.mecab.get(name)
         cache = self.field_cols.get(name)
         if tokens is not None and cache is not None and column is not None and not self.tokenizer.compounds:
-            if name not in self._token_cols:
-                keys = tokens.split()
-                self._token_cols[name] = (keys, list(map(cache.get, keys)))
-            keys, found = self._token_cols[name]
-            try:
-                return key_surface(keys[found.index(column)])  # first occurrences first
-            except ValueError:
-                return None
+            key = cache.first_with(tokens, column)  # the first occurrence
+            return None if key is None else key_surface(key)
         surfaces = self._surfaces.get(name)
         if surfaces is None:
             surfaces = self._surfaces[name] = {}

@@ -204,6 +204,33 @@ cdef class MorphemeColumns:
         self._release()
         self._allocate(1024)
 
+    def first_with(self, str text, int64_t column):
+        """The first whitespace-separated morpheme of ``text`` whose column in the table is ``column``, or None."""
+        cdef int kind = PyUnicode_KIND(text)
+        cdef void* data = PyUnicode_DATA(text)
+        cdef Py_ssize_t length = PyUnicode_GET_LENGTH(text), i = 0, start, slot
+        cdef uint64_t h
+        cdef ucs4 ch
+        while i < length:
+            ch = PyUnicode_READ(kind, data, i)
+            if _space(ch):
+                i += 1
+                continue
+            start = i
+            h = FNV_OFFSET
+            while True:
+                h = (h ^ ch) * FNV_PRIME
+                i += 1
+                if i >= length:
+                    break
+                ch = PyUnicode_READ(kind, data, i)
+                if _space(ch):
+                    break
+            slot = self._slot(h | 1, kind, data, start, i)
+            if self.hashes[slot] and self.cols[slot] == column:
+                return PyUnicode_Substring(text, start, i)
+        return None
+
     def count(self, list texts, Py_ssize_t width, resolve):
         """Count the columns of the whitespace-separated morphemes of each text.
 

@@ -129,3 +129,15 @@ def test_compiled_table_splits_on_exactly_what_str_split_splits_on() -> None:
     table = Compiled()
     count_columns(table, [text], 1, lambda key: asked.append(key) or 0)  # type: ignore[func-returns-value]
     assert asked == text.split()
+
+
+@pytest.mark.parametrize("kind", [PyMorphemeColumns, pytest.param(Compiled, marks=needs_compiled)], ids=["python", "compiled"])
+def test_first_with_finds_the_first_morpheme_of_a_column(kind: type) -> None:
+    # Explanations place a feature through the first morpheme that gave it.
+    table = _table(kind)
+    table["7,ビット"] = 1  # two morphemes, one column
+    text = "3,の 7,ビット\u30002,ビット 1,量子 unseen"
+    assert table.first_with(text, 1) == "7,ビット"
+    assert table.first_with(text, 4) == "1,量子"
+    assert table.first_with(text, -1) == "3,の"
+    assert table.first_with(text, 5) is None and table.first_with("", 1) is None
