@@ -61,6 +61,12 @@ cdef bytes _as_bytes(void* data, Py_ssize_t size):
     return (<char*>data)[:size] if size else b""
 
 
+ctypedef struct Slot:
+    uint64_t hash  # 0: empty
+    int64_t col
+    PyObject* key  # an owned reference
+
+
 cdef class MorphemeColumns:
     """A table from morpheme (``str``) to model column (an int, -1 for none).
 
@@ -69,9 +75,8 @@ cdef class MorphemeColumns:
     a ``str`` of every morpheme.
     """
 
-    cdef uint64_t* hashes
-    cdef int64_t* cols
-    cdef PyObject** keys
+    # One array of slots (hash, column, key): a lookup touches one cache line, not three.
+    cdef Slot* slots
     cdef Py_ssize_t cap
     cdef Py_ssize_t size
 
@@ -85,54 +90,39 @@ cdef class MorphemeColumns:
 
     cdef void _release(self) noexcept:
         cdef Py_ssize_t i
-        if self.keys != NULL:
+        if self.slots != NULL:
             for i in range(self.cap):
-                if self.keys[i] != NULL:
-                    Py_DECREF(<object>self.keys[i])
-        free(self.hashes)
-        free(self.cols)
-        free(self.keys)
-        self.hashes = NULL
-        self.cols = NULL
-        self.keys = NULL
+                if self.slots[i].key != NULL:
+                    Py_DECREF(<object>self.slots[i].key)
+        free(self.slots)
+        self.slots = NULL
 
     cdef int _allocate(self, Py_ssize_t cap) except -1:
-        self.hashes = <uint64_t*>calloc(cap, sizeof(uint64_t))
-        self.cols = <int64_t*>calloc(cap, sizeof(int64_t))
-        self.keys = <PyObject**>calloc(cap, sizeof(PyObject*))
-        if self.hashes == NULL or self.cols == NULL or self.keys == NULL:
-            self._release()
+        self.slots = <Slot*>calloc(cap, sizeof(Slot))
+        if self.slots == NULL:
             raise MemoryError()
         self.cap = cap
         self.size = 0
         return 0
 
     cdef int _grow(self) except -1:
-        cdef uint64_t* hashes = self.hashes
-        cdef int64_t* cols = self.cols
-        cdef PyObject** keys = self.keys
+        cdef Slot* old = self.slots
         cdef Py_ssize_t cap = self.cap, i, j, mask
-        self.hashes = NULL
-        self.cols = NULL
-        self.keys = NULL
+        self.slots = NULL
         try:
             self._allocate(2 * cap)
         except MemoryError:
-            self.hashes, self.cols, self.keys, self.cap = hashes, cols, keys, cap
+            self.slots, self.cap = old, cap
             raise
         mask = self.cap - 1
         for i in range(cap):
-            if hashes[i]:
-                j = <Py_ssize_t>(hashes[i] & mask)
-                while self.hashes[j]:
+            if old[i].hash:
+                j = <Py_ssize_t>(old[i].hash & mask)
+                while self.slots[j].hash:
                     j = (j + 1) & mask
-                self.hashes[j] = hashes[i]
-                self.cols[j] = cols[i]
-                self.keys[j] = keys[i]  # the reference moves with it
+                self.slots[j] = old[i]  # the key's reference moves with it
                 self.size += 1
-        free(hashes)
-        free(cols)
-        free(keys)
+        free(old)
         return 0
 
     cdef Py_ssize_t _slot(self, uint64_t h, int kind, void* data, Py_ssize_t start, Py_ssize_t end) noexcept:
@@ -141,9 +131,9 @@ cdef class MorphemeColumns:
         cdef object key
         cdef int key_kind
         cdef void* key_data
-        while self.hashes[j]:
-            if self.hashes[j] == h:
-                key = <object>self.keys[j]
+        while self.slots[j].hash:
+            if self.slots[j].hash == h:
+                key = <object>self.slots[j].key
                 if PyUnicode_GET_LENGTH(key) == n:
                     key_kind = PyUnicode_KIND(key)
                     key_data = PyUnicode_DATA(key)
@@ -156,13 +146,13 @@ cdef class MorphemeColumns:
         return j
 
     cdef int _put(self, object key, Py_ssize_t slot, uint64_t h, int64_t col) except -1:
-        if self.hashes[slot]:
-            self.cols[slot] = col
+        if self.slots[slot].hash:
+            self.slots[slot].col = col
             return 0
         Py_INCREF(key)
-        self.hashes[slot] = h
-        self.cols[slot] = col
-        self.keys[slot] = <PyObject*>key
+        self.slots[slot].hash = h
+        self.slots[slot].col = col
+        self.slots[slot].key = <PyObject*>key
         self.size += 1
         if 2 * self.size > self.cap:
             self._grow()
@@ -175,23 +165,23 @@ cdef class MorphemeColumns:
         cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
         cdef int kind = PyUnicode_KIND(key)
         cdef void* data = PyUnicode_DATA(key)
-        return self.hashes[self._slot(_hash(kind, data, 0, n), kind, data, 0, n)] != 0
+        return self.slots[self._slot(_hash(kind, data, 0, n), kind, data, 0, n)].hash != 0
 
     def get(self, str key, default=None):
         cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
         cdef int kind = PyUnicode_KIND(key)
         cdef void* data = PyUnicode_DATA(key)
         cdef Py_ssize_t slot = self._slot(_hash(kind, data, 0, n), kind, data, 0, n)
-        return self.cols[slot] if self.hashes[slot] else default
+        return self.slots[slot].col if self.slots[slot].hash else default
 
     def __getitem__(self, str key) -> int:
         cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
         cdef int kind = PyUnicode_KIND(key)
         cdef void* data = PyUnicode_DATA(key)
         cdef Py_ssize_t slot = self._slot(_hash(kind, data, 0, n), kind, data, 0, n)
-        if not self.hashes[slot]:
+        if not self.slots[slot].hash:
             raise KeyError(key)
-        return self.cols[slot]
+        return self.slots[slot].col
 
     def __setitem__(self, str key, int64_t col) -> None:
         cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
@@ -227,7 +217,7 @@ cdef class MorphemeColumns:
                 if _space(ch):
                     break
             slot = self._slot(h | 1, kind, data, start, i)
-            if self.hashes[slot] and self.cols[slot] == column:
+            if self.slots[slot].hash and self.slots[slot].col == column:
                 return PyUnicode_Substring(text, start, i)
         return None
 
@@ -286,8 +276,8 @@ cdef class MorphemeColumns:
                             break
                     h |= 1
                     slot = self._slot(h, kind, data, start, i)
-                    if self.hashes[slot]:
-                        col = self.cols[slot]
+                    if self.slots[slot].hash:
+                        col = self.slots[slot].col
                     else:
                         key = PyUnicode_Substring(text, start, i)
                         col = resolve(key)
