@@ -161,6 +161,10 @@ cdef class MorphemeColumns:
     def __len__(self) -> int:
         return self.size
 
+    def __reduce__(self):
+        # A cache: a copy starts empty and fills again on use (as the tokenizer's tagger is rebuilt).
+        return (MorphemeColumns, ())
+
     def __contains__(self, str key) -> bool:
         cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
         cdef int kind = PyUnicode_KIND(key)

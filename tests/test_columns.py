@@ -141,3 +141,14 @@ def test_first_with_finds_the_first_morpheme_of_a_column(kind: type) -> None:
     assert table.first_with(text, 4) == "1,量子"
     assert table.first_with(text, -1) == "3,の"
     assert table.first_with(text, 5) is None and table.first_with("", 1) is None
+
+
+@pytest.mark.parametrize("kind", [PyMorphemeColumns, pytest.param(Compiled, marks=needs_compiled)], ids=["python", "compiled"])
+def test_a_pickled_table_is_a_working_table(kind: type) -> None:
+    # The table is a cache: the compiled one pickles as an empty table, the dict with its entries.
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(_table(kind)))
+    assert type(copy) is kind and len(copy) in (0, 4)
+    rows, cols, counts = count_columns(copy, ["1,量子 1,量子"], 7, lambda key: 4)
+    assert cols.tolist() == [4] and counts.tolist() == [2.0]
