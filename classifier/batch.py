@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,10 @@ def to_documents(records: Iterable[RawRecord]) -> Iterator[tuple[RawRecord, Docu
         except InvalidInputError as exc:
             yield rec, None, str(exc)
 
+
+#: Allocations between collections of the youngest generation in worker processes (Python: 700); a chunk
+#: makes many short-lived objects that reference counting frees.
+GC_THRESHOLD = 10_000
 
 _WORKER_MODEL: Any = None
 _WORKER_OPTS: dict[str, Any] = {}
@@ -117,13 +122,19 @@ def classify_records(
     warm = getattr(model, "warm", None)
     if warm is not None:
         warm()  # built once here, shared by the forked workers
-    with ctx.Pool(jobs) as pool:
-        pending: list[Any] = []
-        for chunk in chunks():
-            # Raw records go to the workers, which build and check the documents too.
-            pending.append(pool.apply_async(_classify_chunk, (chunk,)))
-            # Keep a bounded number of chunks in flight so memory stays flat on big files.
-            while len(pending) > jobs * 2:
-                yield from emit(pending.pop(0).get())
-        for result in pending:
-            yield from emit(result.get())
+    # What the workers inherit (the model, the records read so far) lives as long as they do: frozen, the
+    # cyclic garbage collector never walks it again in them, so its pages also stay shared (Python's gc docs).
+    gc.freeze()
+    try:
+        with ctx.Pool(jobs, initializer=gc.set_threshold, initargs=(GC_THRESHOLD, 10, 10)) as pool:
+            pending: list[Any] = []
+            for chunk in chunks():
+                # Raw records go to the workers, which build and check the documents too.
+                pending.append(pool.apply_async(_classify_chunk, (chunk,)))
+                # Keep a bounded number of chunks in flight so memory stays flat on big files.
+                while len(pending) > jobs * 2:
+                    yield from emit(pending.pop(0).get())
+            for result in pending:
+                yield from emit(result.get())
+    finally:
+        gc.unfreeze()

@@ -373,3 +373,25 @@ def test_warm_builds_what_forked_workers_share(model) -> None:  # type: ignore[n
     tokenizer = fresh.tokenizer()
     assert tokenizer._tagger is not None and tokenizer._content is not None and fresh._prior is not None
     assert fresh.predict([doc])[0].as_dict(scores=True) == before
+
+
+def test_batch_over_worker_processes_matches_one_process_and_leaves_gc_as_it_was(model) -> None:  # type: ignore[no-untyped-def]
+    # classify_records forks workers with the parent's objects frozen for the garbage collector;
+    # the parent is unfrozen afterwards, also when the caller stops reading early.
+    import gc
+
+    from classifier.batch import classify_records
+    from classifier.records import RawRecord
+
+    texts = ["超伝導量子ビットの誤り訂正", "洋上風力発電の浮体構造", "", "中世和歌の注釈史", "small satellites for earth observation"] * 3
+    records = [RawRecord(f"t line {i}", i, {"id": f"r{i}", "abstract": t}, raw_id=f"r{i}") for i, t in enumerate(texts)]
+    threshold = gc.get_threshold()
+    one = [o.as_dict() for o in classify_records(model, records, jobs=1, chunk_size=4)]
+    two = [o.as_dict() for o in classify_records(model, records, jobs=2, chunk_size=4)]
+    assert two == one and len(one) == len(records)
+    assert [o["status"] for o in one].count("error") == 3  # the empty texts, reported, not dropped
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold
+    stream = classify_records(model, records, jobs=2, chunk_size=4)
+    next(stream)
+    stream.close()
+    assert gc.get_freeze_count() == 0
