@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import gc
+import math
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,23 @@ def _classify_chunk(records: list[RawRecord]) -> list[Outcome]:
     return out
 
 
+def chunk_sizes(total: int, chunk_size: int, jobs: int) -> list[int]:
+    """Sizes of the chunks ``total`` records are cut into for ``jobs`` workers.
+
+    Full chunks while plenty remain; then each is a quarter (for two
+    workers) of what remains, down to a tenth of ``chunk_size``, so that the
+    workers finish together instead of one waiting while another does a
+    whole chunk.
+    """
+    sizes: list[int] = []
+    left, floor = total, max(1, chunk_size // 10)
+    while left > 0:
+        size = min(left, max(min(chunk_size, math.ceil(left / (2 * jobs))), floor))
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
 def classify_records(
     model: Any,
     records: Iterable[RawRecord],
@@ -99,6 +117,12 @@ def classify_records(
     _WORKER_MODEL, _WORKER_OPTS, _WORKER_RENDER = model, predict_opts, render
 
     def chunks() -> Iterator[list[RawRecord]]:
+        if jobs > 1 and isinstance(records, Sequence):
+            start = 0
+            for size in chunk_sizes(len(records), chunk_size, jobs):
+                yield list(records[start : start + size])
+                start += size
+            return
         buf: list[RawRecord] = []
         for rec in records:
             buf.append(rec)

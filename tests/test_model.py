@@ -395,3 +395,14 @@ def test_batch_over_worker_processes_matches_one_process_and_leaves_gc_as_it_was
     next(stream)
     stream.close()
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize(("total", "chunk", "jobs"), [(20000, 500, 2), (15, 4, 2), (1, 500, 2), (3000, 500, 4), (999, 100, 3)])
+def test_chunks_shrink_at_the_end_and_cover_every_record(total: int, chunk: int, jobs: int) -> None:
+    from classifier.batch import chunk_sizes
+
+    sizes = chunk_sizes(total, chunk, jobs)
+    assert sum(sizes) == total and all(0 < s <= chunk for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # full chunks first, smaller ones last
+    if total >= 4 * chunk * jobs:
+        assert sizes[0] == chunk and sizes[-1] <= max(1, chunk // 10)
