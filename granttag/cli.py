@@ -7,6 +7,7 @@ Heavy libraries (scikit-learn, fugashi) are imported inside commands so that
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ def classify(text: str | None, files: tuple[Path, ...], input_format: str | None
     Exit status: 0 when every record was tagged, 1 when some failed (they are
     written as error rows), 2 on a usage or model error.
     """
+    # Prediction makes no BLAS calls: without this, NumPy's OpenBLAS starts a thread per core
+    # that spins for a while and takes CPU from the worker processes (about 0.1 s per 20,000
+    # records, issue 2). Set before NumPy is imported; a value the user set is kept.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     columns = _columns(kw)
     _run(lambda: _classify(text, files, input_format, columns, **kw))
 

@@ -260,3 +260,15 @@ def test_jsonl_render_is_json_of_the_outcome() -> None:
     assert line.endswith("\n") and line.count("\n") == 1
     assert json.loads(line) == outcome
     assert "量子" in line and "\\t" in line
+
+
+@pytest.mark.parametrize(("before", "after"), [(None, "1"), ("4", "4")])
+def test_classify_keeps_openblas_to_one_thread_unless_told(monkeypatch: pytest.MonkeyPatch, before: str | None, after: str) -> None:
+    # Prediction makes no BLAS calls; an OpenBLAS thread pool would only spin beside the workers.
+    if before is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", before)
+    res = run("classify", "--format", "json", "超伝導量子ビットを用いた量子コンピュータの誤り訂正を研究する。")
+    assert res.exit_code == 0, res.output
+    assert os.environ["OPENBLAS_NUM_THREADS"] == after
