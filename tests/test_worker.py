@@ -290,7 +290,8 @@ def _start_redis() -> None:
 def test_worker_redis_restart_mid_job_resumes_without_loss(settings: Any, workers: Workers, tmp_path: Path) -> None:
     from worker.jobs import follow_job, job_status, resume_job, start_job
 
-    n = 3000
+    # Long enough that the job is still running when Redis stops, however fast the classifier gets.
+    n = 8000
     db = make_projects_db(tmp_path / "projects.db", n, bad={11: ""})
     workers.start(2)
     job_id = start_job(settings, db_source(db), chunk_size=100)
@@ -315,7 +316,7 @@ def test_worker_follow_requeues_after_redis_lost_queue(settings: Any, workers: W
     """`granttag tag` itself (following the job) queues the lost chunks again once Redis is back."""
     from worker.jobs import follow_job, start_job
 
-    n = 1500
+    n = 4000  # long enough that chunks are still queued when Redis stops
     db = make_projects_db(tmp_path / "projects.db", n)
     workers.start(1)
     job_id = start_job(settings, db_source(db), chunk_size=100)
@@ -347,7 +348,9 @@ def test_worker_model_switch_mid_job_no_chunk_mixes(settings: Any, workers: Work
     publish_active_model(settings)
     workers.start(1)
     workers.start(1, GRANTTAG_MODELS_DIR=str(tmp_path / "other-machine"))
-    n = 4000
+    # Long enough that chunks remain after publishing the new version (which compresses the model files
+    # into Redis): with 4,000 records the faster classifier of 2026-11-27 sometimes finished first.
+    n = 16000
     db = make_projects_db(tmp_path / "projects.db", n)
     try:
         job_id = start_job(settings, db_source(db), chunk_size=100)
