@@ -57,6 +57,27 @@ cdef inline bint _space(ucs4 ch) noexcept:
             or ch == 0x202F or ch == 0x205F or ch == 0x3000)
 
 
+cdef inline Py_ssize_t _next_morpheme(int kind, void* data, Py_ssize_t i, Py_ssize_t length,
+                                     Py_ssize_t* start, uint64_t* h) noexcept:
+    """The next whitespace-separated morpheme at or after ``i``: set ``*start`` and ``*h`` (its
+    hash, as :func:`_hash` gives it) and return its end, in one pass; -1 when none is left."""
+    cdef uint64_t hh = FNV_OFFSET
+    cdef ucs4 ch
+    while i < length and _space(PyUnicode_READ(kind, data, i)):
+        i += 1
+    if i >= length:
+        return -1
+    start[0] = i
+    while i < length:
+        ch = PyUnicode_READ(kind, data, i)
+        if _space(ch):
+            break
+        hh = (hh ^ ch) * FNV_PRIME
+        i += 1
+    h[0] = hh | 1
+    return i
+
+
 cdef bytes _as_bytes(void* data, Py_ssize_t size):
     return (<char*>data)[:size] if size else b""
 
@@ -165,34 +186,34 @@ cdef class MorphemeColumns:
         # A cache: a copy starts empty and fills again on use (as the tokenizer's tagger is rebuilt).
         return (MorphemeColumns, ())
 
-    def __contains__(self, str key) -> bool:
+    cdef Py_ssize_t _key_slot(self, str key, uint64_t* h) noexcept:
+        """The slot of a whole key (see :meth:`_slot`); its hash goes to ``*h``."""
         cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
         cdef int kind = PyUnicode_KIND(key)
         cdef void* data = PyUnicode_DATA(key)
-        return self.slots[self._slot(_hash(kind, data, 0, n), kind, data, 0, n)].hash != 0
+        h[0] = _hash(kind, data, 0, n)
+        return self._slot(h[0], kind, data, 0, n)
+
+    def __contains__(self, str key) -> bool:
+        cdef uint64_t h
+        return self.slots[self._key_slot(key, &h)].hash != 0
 
     def get(self, str key, default=None):
-        cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
-        cdef int kind = PyUnicode_KIND(key)
-        cdef void* data = PyUnicode_DATA(key)
-        cdef Py_ssize_t slot = self._slot(_hash(kind, data, 0, n), kind, data, 0, n)
+        cdef uint64_t h
+        cdef Py_ssize_t slot = self._key_slot(key, &h)
         return self.slots[slot].col if self.slots[slot].hash else default
 
     def __getitem__(self, str key) -> int:
-        cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
-        cdef int kind = PyUnicode_KIND(key)
-        cdef void* data = PyUnicode_DATA(key)
-        cdef Py_ssize_t slot = self._slot(_hash(kind, data, 0, n), kind, data, 0, n)
+        cdef uint64_t h
+        cdef Py_ssize_t slot = self._key_slot(key, &h)
         if not self.slots[slot].hash:
             raise KeyError(key)
         return self.slots[slot].col
 
     def __setitem__(self, str key, int64_t col) -> None:
-        cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
-        cdef int kind = PyUnicode_KIND(key)
-        cdef void* data = PyUnicode_DATA(key)
-        cdef uint64_t h = _hash(kind, data, 0, n)
-        self._put(key, self._slot(h, kind, data, 0, n), h, col)
+        cdef uint64_t h
+        cdef Py_ssize_t slot = self._key_slot(key, &h)
+        self._put(key, slot, h, col)
 
     def clear(self) -> None:
         self._release()
@@ -204,26 +225,13 @@ cdef class MorphemeColumns:
         cdef void* data = PyUnicode_DATA(text)
         cdef Py_ssize_t length = PyUnicode_GET_LENGTH(text), i = 0, start, slot
         cdef uint64_t h
-        cdef ucs4 ch
-        while i < length:
-            ch = PyUnicode_READ(kind, data, i)
-            if _space(ch):
-                i += 1
-                continue
-            start = i
-            h = FNV_OFFSET
-            while True:
-                h = (h ^ ch) * FNV_PRIME
-                i += 1
-                if i >= length:
-                    break
-                ch = PyUnicode_READ(kind, data, i)
-                if _space(ch):
-                    break
-            slot = self._slot(h | 1, kind, data, start, i)
+        while True:
+            i = _next_morpheme(kind, data, i, length, &start, &h)
+            if i < 0:
+                return None
+            slot = self._slot(h, kind, data, start, i)
             if self.slots[slot].hash and self.slots[slot].col == column:
                 return PyUnicode_Substring(text, start, i)
-        return None
 
     def count(self, list texts, Py_ssize_t width, resolve):
         """Count the columns of the whitespace-separated morphemes of each text.
@@ -240,7 +248,6 @@ cdef class MorphemeColumns:
         cdef void* data
         cdef int64_t col
         cdef uint64_t h
-        cdef ucs4 ch
         cdef object text, key
         cdef void* grown
         if width < 0:
@@ -262,23 +269,10 @@ cdef class MorphemeColumns:
                 length = PyUnicode_GET_LENGTH(text)
                 n_touched = 0
                 i = 0
-                while i < length:
-                    ch = PyUnicode_READ(kind, data, i)
-                    if _space(ch):
-                        i += 1
-                        continue
-                    # One morpheme: find its end and hash it in the same pass.
-                    start = i
-                    h = FNV_OFFSET
-                    while True:
-                        h = (h ^ ch) * FNV_PRIME
-                        i += 1
-                        if i >= length:
-                            break
-                        ch = PyUnicode_READ(kind, data, i)
-                        if _space(ch):
-                            break
-                    h |= 1
+                while True:
+                    i = _next_morpheme(kind, data, i, length, &start, &h)
+                    if i < 0:
+                        break
                     slot = self._slot(h, kind, data, start, i)
                     if self.slots[slot].hash:
                         col = self.slots[slot].col
