@@ -308,11 +308,10 @@ def test_evidence_is_the_same_alone_and_in_a_chunk(model) -> None:  # type: igno
                 assert getattr(doc, e.field)[e.start : e.end] == e.term
 
 
-def test_predictions_are_the_same_with_the_pure_python_morpheme_table(model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_predictions_are_the_same_with_the_pure_python_morpheme_table(model_root, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # Without the compiled speed-up (no C compiler at install) granttag predicts exactly the same.
     import classifier.scorer as scorer_module
     from classifier.columns import PyMorphemeColumns
-    from classifier.scorer import Scorer
 
     docs = [
         Document(
@@ -326,47 +325,18 @@ def test_predictions_are_the_same_with_the_pure_python_morpheme_table(model, mon
             "d", title="Small satellites", abstract="Constellations of small satellites for Earth observation.", program="SBIR Phase I"
         ),
     ]
-    fresh = Scorer(
-        model.tables,
-        {
-            "coef_t": model.coef_t,
-            "intercept": model.intercept,
-            "calibration": model.calibration,
-            "thresholds": model.thresholds,
-            "idf": model.idf,
-        },
-    )
+    fresh = store.load_model(root=model_root)
     expected = [p.as_dict(scores=True) for p in fresh.predict(docs)]
     monkeypatch.setattr(scorer_module, "MorphemeColumns", PyMorphemeColumns)
-    plain = Scorer(
-        model.tables,
-        {
-            "coef_t": model.coef_t,
-            "intercept": model.intercept,
-            "calibration": model.calibration,
-            "thresholds": model.thresholds,
-            "idf": model.idf,
-        },
-    )
+    plain = store.load_model(root=model_root)
     assert all(isinstance(t, PyMorphemeColumns) for t in plain._morpheme_cols)
     assert [p.as_dict(scores=True) for p in plain.predict(docs)] == expected
 
 
-def test_warm_builds_what_forked_workers_share(model) -> None:  # type: ignore[no-untyped-def]
+def test_warm_builds_what_forked_workers_share(model_root) -> None:  # type: ignore[no-untyped-def]
     # `granttag classify` warms the model before forking its workers: the tagger, the
     # part-of-speech table and the keyword automata exist afterwards, and predictions are unchanged.
-    from classifier.scorer import Scorer
-
-    fresh = Scorer(
-        model.tables,
-        {
-            "coef_t": model.coef_t,
-            "intercept": model.intercept,
-            "calibration": model.calibration,
-            "thresholds": model.thresholds,
-            "idf": model.idf,
-        },
-    )
+    fresh = store.load_model(root=model_root)
     doc = Document("a", title="超伝導量子ビット", abstract="量子誤り訂正を実証し、大学の研究力を高める。")
     before = fresh.predict([doc])[0].as_dict(scores=True)
     fresh.warm()
