@@ -582,28 +582,22 @@ class _SpanLocator:
         analysed: Analysed,
         tokenizer: Tokenizer,
         prior_keywords: dict[str, list[str]],
-        field_cols: dict[str, Any] | None = None,
+        field_cols: dict[str, Any],
     ) -> None:
         self.doc = doc
         self.analysed = analysed
         self.tokenizer = tokenizer
         self.prior_keywords = prior_keywords
         #: Per text field, the column of each MeCab morpheme (the scorer's caches).
-        self.field_cols = field_cols or {}
-        self._lows: dict[str, str] = {}
+        self.field_cols = field_cols
         self._surfaces: dict[str, dict[str, str]] = {}
         self._offsets: dict[str, tuple[list[int], list[int]] | None] = {}
-        self._found: dict[Any, tuple[str, str, int, int] | None] = {}
+        self._found: dict[int, tuple[str, str, int, int] | None] = {}
 
     def _lower(self, name: str) -> str:
-        low = self._lows.get(name)
-        if low is None:
-            low = self.analysed.low[name]
-            # A rare letter whose lower case is longer would shift every offset: search the normalised text then.
-            if len(low) != len(self.analysed.norm[name]):
-                low = self.analysed.norm[name]
-            self._lows[name] = low
-        return low
+        low = self.analysed.low[name]
+        # A rare letter whose lower case is longer would shift every offset: search the normalised text then.
+        return low if len(low) == len(self.analysed.norm[name]) else self.analysed.norm[name]
 
     def _span(self, name: str, a: int, b: int) -> tuple[str, str, int, int]:
         """Map normalised [a, b) of field ``name`` to (original text, field, start, end)."""
@@ -626,11 +620,11 @@ class _SpanLocator:
             b = _ASCII_WORD_END.match(low, b).end()  # type: ignore[union-attr]
         return self._span(name, a, b)
 
-    def _surface(self, name: str, term: str, column: int | None) -> str | None:
+    def _surface(self, name: str, term: str, column: int) -> str | None:
         """The first surface MeCab gave feature ``term`` (column ``column``) in field ``name``."""
         tokens = self.analysed.mecab.get(name)
         cache = self.field_cols.get(name)
-        if tokens is not None and cache is not None and column is not None and not self.tokenizer.compounds:
+        if tokens is not None and cache is not None and not self.tokenizer.compounds:
             key = cache.first_with(tokens, column)  # the first occurrence
             return None if key is None else key_surface(key)
         surfaces = self._surfaces.get(name)
@@ -640,19 +634,18 @@ class _SpanLocator:
                 surfaces.setdefault(f, surface)
         return surfaces.get(term)
 
-    def find(self, name: tuple[str, str], column: int | None = None) -> tuple[str, str, int, int] | None:
+    def find(self, name: tuple[str, str], column: int) -> tuple[str, str, int, int] | None:
         """Return (original text, field, start, end) of feature ``name`` = (block, term), or None if it cannot be placed.
 
-        ``column`` is the feature's model column; answers are remembered per feature.
+        ``column`` is the feature's model column; answers are remembered per column.
         """
-        key = name if column is None else column
         found = self._found
-        if key in found:
-            return found[key]
-        hit = found[key] = self._find(name[0], name[1], column)
+        if column in found:
+            return found[column]
+        hit = found[column] = self._find(name[0], name[1], column)
         return hit
 
-    def _find(self, block: str, term: str, column: int | None) -> tuple[str, str, int, int] | None:
+    def _find(self, block: str, term: str, column: int) -> tuple[str, str, int, int] | None:
         if block in TEXT_FIELDS:
             if term.startswith("kw="):
                 return self._at(block, term[3:])

@@ -97,7 +97,8 @@ class Token:
 # MeCab writes each morpheme as "<left context id>,<surface> " and nothing else: the
 # id is an integer MeCab has at hand, so this output costs little more than its plain
 # word splitting (-Owakati), where formatting lemmas and parts of speech (%f[...])
-# doubled MeCab's time (issue 2). The output is read by str.split in C. The id says
+# doubled MeCab's time (issue 2). The output is read by str.split for training and
+# by the morpheme table of classifier.columns for prediction. The id says
 # the part of speech (the dictionary's left-id.def); what a morpheme's feature is gets
 # worked out once per distinct (id, surface).
 _KEYED_FORMAT = '-O "" -F "%phl,%m " -U "%phl,%m " -E ""'
